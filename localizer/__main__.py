@@ -1,0 +1,3 @@
+from localizer.cli import main
+
+raise SystemExit(main())

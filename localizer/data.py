@@ -1,0 +1,107 @@
+"""LocalizerDataModule: stimuli → model-ready batches that keep their dataset indices.
+
+Every batch is a dict with
+
+- ``index``: int64 ``[B]``, the rows' positions in the stimulus dataset,
+- ``positive``: bool ``[B]``,
+- ``split``: list of ``B`` strings (only when the stimuli have a ``split`` column),
+- text: ``input_ids`` and ``attention_mask`` ``[B, T]`` (plus ``token_type_ids`` when the tokenizer makes them),
+  padded on the tokenizer's padding side,
+- images: ``pixel_values`` ``[B, C, H, W]`` from the model's image processor or a user transform.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from localizer.errors import LocalizerError, first_line
+from localizer.stimuli import modality as stimulus_modality
+
+META_KEYS = ("index", "positive", "split")
+
+
+class _IndexedStimuli(Dataset):
+    """Rows of a stimulus dataset as dicts that carry their own index."""
+
+    def __init__(self, stimuli):
+        self.stimuli = stimuli
+        self.kind = stimulus_modality(stimuli)
+        self.has_split = "split" in stimuli.column_names
+
+    def __len__(self) -> int:
+        return len(self.stimuli)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            row = self.stimuli[int(i)]
+        except Exception as e:  # image decoding errors come in many types
+            raise LocalizerError(f"stimulus {i}: cannot be read ({first_line(e)})") from e
+        item = {"index": int(i), "positive": bool(row["positive"]), self.kind: row[self.kind]}
+        if self.has_split:
+            item["split"] = row["split"]
+        return item
+
+
+class Collate:
+    """Turn a list of stimulus rows into one batch (see the module docstring)."""
+
+    def __init__(self, kind: str, processor: Any = None, transform: Callable | None = None,
+                 max_length: int | None = None):
+        self.kind, self.processor, self.transform, self.max_length = kind, processor, transform, max_length
+        if kind == "text" and processor is None:
+            raise LocalizerError("text stimuli need a tokenizer")
+        if kind == "image" and processor is None and transform is None:
+            raise LocalizerError("image stimuli need an image processor or a transform")
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
+            "positive": torch.tensor([r["positive"] for r in rows], dtype=torch.bool),
+        }
+        if "split" in rows[0]:
+            batch["split"] = [r["split"] for r in rows]
+        if self.kind == "text":
+            enc = self.processor([r["text"] for r in rows], padding=True, return_tensors="pt",
+                                 truncation=self.max_length is not None, max_length=self.max_length)
+            batch.update({k: v for k, v in enc.items()})
+        else:
+            images = [r["image"] for r in rows]
+            if self.transform is not None:
+                batch["pixel_values"] = torch.stack([torch.as_tensor(self.transform(im)) for im in images])
+            else:
+                rgb = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
+                batch["pixel_values"] = self.processor(images=rgb, return_tensors="pt")["pixel_values"]
+            batch["pixel_values"] = batch["pixel_values"].float()
+        return batch
+
+
+class LocalizerDataModule(L.LightningDataModule):
+    """Serves a stimulus set for ``trainer.predict`` (in dataset order; Lightning shards it across ranks).
+
+    Args:
+        stimuli: a validated stimulus dataset (:func:`localizer.stimuli.load_stimuli`).
+        processor: the model's tokenizer (text) or image processor (images).
+        transform: a callable mapping one PIL image to a ``[C, H, W]`` tensor; used instead of ``processor``.
+        batch_size: stimuli per batch.
+        num_workers: DataLoader worker processes.
+        max_length: truncate texts to this many tokens (None: no truncation).
+    """
+
+    def __init__(self, stimuli, processor: Any = None, transform: Callable | None = None, batch_size: int = 32,
+                 num_workers: int = 0, max_length: int | None = None):
+        super().__init__()
+        if batch_size < 1:
+            raise LocalizerError(f"batch size must be >= 1, got {batch_size}")
+        self.stimuli = stimuli
+        self.kind = stimulus_modality(stimuli)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.collate = Collate(self.kind, None if transform is not None else processor, transform, max_length)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(_IndexedStimuli(self.stimuli), batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=self.collate,
+                          persistent_workers=self.num_workers > 0)

@@ -1,0 +1,81 @@
+"""The record step in one call: stimuli + model → activation file (see :mod:`localizer.storage`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from localizer.errors import LocalizerError
+
+TRAINER_DEFAULTS = dict(logger=False, enable_checkpointing=False, enable_model_summary=False)
+
+
+def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, layers: str | list[str] = "auto",
+            pooling: str | None = None, batch_size: int = 32, control: str | None = None,
+            tokenizer: str | None = None, transform: str | Callable | None = None, padding_side: str = "right",
+            max_length: int | None = None, num_workers: int = 0, overwrite: bool = False,
+            trust_remote_code: bool = False, trainer: dict[str, Any] | None = None) -> Path:
+    """Record pooled activations of ``model`` on ``stimuli`` into the HDF5 file ``out``.
+
+    Args:
+        model: short name, local ``save_pretrained`` directory, hub id, ``package.module:callable``, or a
+            :class:`localizer.models.LoadedModel`.
+        stimuli: a source for :func:`localizer.stimuli.load_stimuli` or a ``datasets.Dataset``.
+        out: the master activation file to write.
+        layers: ``"auto"``, module names or glob patterns.
+        pooling: ``last``/``mean`` (text), ``channel``/``flat``/``mean`` (images); default by modality.
+        batch_size: stimuli per forward pass.
+        control: with a two-source stimulus set, the control source.
+        tokenizer / transform / padding_side / max_length / trust_remote_code: see :func:`localizer.models.load_model`.
+        num_workers: DataLoader workers.
+        overwrite: replace an existing ``out``.
+        trainer: keyword arguments for ``lightning.Trainer`` (``accelerator``, ``devices``, ``strategy``,
+            ``num_nodes``, ...).
+
+    Returns:
+        the path of the master file.
+    """
+    import lightning as L
+
+    from localizer.data import LocalizerDataModule
+    from localizer.models import LoadedModel, load_model
+    from localizer.recording import ActivationRecorder
+    from localizer.stimuli import load_stimuli, modality, validate_stimuli
+    from localizer.storage import HDF5ActivationWriter
+
+    out = Path(out)
+    check_output(out, overwrite)
+    if isinstance(stimuli, (str, os.PathLike)):
+        stimuli = load_stimuli(stimuli, control)
+    else:
+        stimuli = validate_stimuli(stimuli)
+    kind = modality(stimuli)
+    loaded = model if isinstance(model, LoadedModel) else load_model(
+        str(model), kind, tokenizer=tokenizer, transform=transform, padding_side=padding_side,
+        trust_remote_code=trust_remote_code)
+    recorder = ActivationRecorder(loaded.model, layers, pooling, modality=kind, model_name=loaded.name,
+                                  model_class=loaded.model_class)
+    data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=batch_size,
+                               num_workers=num_workers, max_length=max_length)
+    kwargs = {**TRAINER_DEFAULTS, **(trainer or {})}
+    kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [HDF5ActivationWriter(out, n_stimuli=len(stimuli))]
+    trainer_ = L.Trainer(**kwargs)
+    if trainer_.world_size > len(stimuli):
+        raise LocalizerError(f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most "
+                             f"{len(stimuli)} devices x nodes")
+    trainer_.predict(recorder, datamodule=data, return_predictions=False)
+    return out
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite`` and an output folder that cannot be written."""
+    if out.exists() and not overwrite:
+        raise LocalizerError(f"{out} exists; pass --overwrite to replace it")
+    if out.is_dir():
+        raise LocalizerError(f"{out} is a directory; give a file path for the output")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise LocalizerError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise LocalizerError(f"output folder {parent} is not writable")

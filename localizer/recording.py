@@ -1,0 +1,100 @@
+"""ActivationRecorder: a LightningModule that turns stimuli into pooled per-unit activations.
+
+``predict_step`` runs the wrapped network on a batch (see :mod:`localizer.data`) with forward hooks on the chosen
+layers and returns ``{layer: [B, U_layer] float32}`` in recording order. Pair it with
+:class:`localizer.storage.HDF5ActivationWriter` to stream those rows to disk.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from localizer.data import META_KEYS
+from localizer.errors import LocalizerError
+from localizer.hooks import StopForward, trace
+from localizer.layers import POOLINGS, pool, resolve_layers
+from localizer.models import forward_accepts
+
+ALLOWED_POOLINGS = {"text": ("last", "mean"), "image": ("channel", "flat", "mean")}
+DEFAULT_POOLING = {"text": "last", "image": "channel"}
+
+
+class ActivationRecorder(L.LightningModule):
+    """Record pooled activations of chosen layers of any ``nn.Module`` or Hugging Face model.
+
+    Args:
+        model: the network (put in eval mode; its weights are never changed).
+        layers: ``"auto"``, exact module names or glob patterns (list or comma-separated string).
+        pooling: ``last`` / ``mean`` (text), ``channel`` / ``flat`` / ``mean`` (images); default ``last`` for text and
+            ``channel`` for images (see :mod:`localizer.layers`).
+        modality: ``"text"`` or ``"image"``.
+        model_name: how the model was named (recorded in the activation file).
+        model_class: the class it was loaded with (recorded; later commands load the same class).
+
+    Text inputs of Hugging Face models get ``position_ids`` derived from the attention mask, so a left-padded causal
+    model with absolute position embeddings (GPT-2) gives the same result as unpadded inputs. Models that derive
+    positions from the input ids themselves (RoBERTa family) are left alone.
+    """
+
+    def __init__(self, model: nn.Module, layers: str | list[str] = "auto", pooling: str | None = None, *,
+                 modality: str = "text", model_name: str | None = None, model_class: str | None = None):
+        super().__init__()
+        if modality not in ALLOWED_POOLINGS:
+            raise LocalizerError(f"modality must be 'text' or 'image', got {modality!r}")
+        pooling = pooling or DEFAULT_POOLING[modality]
+        if pooling not in POOLINGS:
+            raise LocalizerError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        if pooling not in ALLOWED_POOLINGS[modality]:
+            raise LocalizerError(f"pooling {pooling!r} does not fit {modality} stimuli; use one of "
+                                 f"{', '.join(ALLOWED_POOLINGS[modality])}")
+        self.model = model.eval()
+        self.layers = resolve_layers(model, layers)
+        self.pooling, self.modality = pooling, modality
+        self.model_name = model_name or type(model).__name__
+        self.model_class = model_class or type(model).__name__
+        self.is_hf = type(model).__module__.startswith("transformers.")
+        self._position_ids = (self.is_hf and modality == "text" and forward_accepts(model, "position_ids")
+                              and not hasattr(sys.modules.get(type(model).__module__),
+                                              "create_position_ids_from_input_ids"))
+        self._no_cache = self.is_hf and forward_accepts(model, "use_cache")
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``batch`` (see :mod:`localizer.data`) → ``{layer: [B, U_layer] float32}``, in recording order."""
+        mask = batch.get("attention_mask")
+        pooled: dict[str, torch.Tensor] = {}
+
+        def keep(layer: str, output: torch.Tensor) -> None:
+            pooled[layer] = pool(output, self.pooling, mask, layer)
+
+        with trace(self.model, self.layers, keep, stop_after_all=True):
+            try:
+                self._call_model(batch)
+            except StopForward:
+                pass
+        missing = [layer for layer in self.layers if layer not in pooled]
+        if missing:
+            raise LocalizerError(f"layers {missing} produced no output in the forward pass (a fused fast path may "
+                                 f"skip them); choose other layers")
+        return {layer: pooled[layer] for layer in self.layers}
+
+    def _call_model(self, batch: dict[str, Any]) -> Any:
+        inputs = {k: v for k, v in batch.items() if k not in META_KEYS}
+        if self.modality == "image":
+            return self.model(pixel_values=inputs["pixel_values"]) if self.is_hf else self.model(inputs["pixel_values"])
+        if not self.is_hf:
+            if "attention_mask" in inputs and forward_accepts(self.model, "attention_mask"):
+                return self.model(inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            return self.model(inputs["input_ids"])
+        if self._position_ids and "attention_mask" in inputs:
+            inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        if self._no_cache:
+            inputs["use_cache"] = False
+        return self.model(**inputs)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        return self(batch)
