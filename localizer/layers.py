@@ -120,14 +120,12 @@ def auto_layers(model: nn.Module) -> list[str]:
         for key, child in container.named_children():
             name = f"{prefix}.{key}" if prefix else key
             grandkids = list(child.named_children())
-            if len(grandkids) == 1 and grandkids[0][0] and \
-                    name + "." + grandkids[0][0] in reps:
-                out += expand(name + "." + grandkids[0][0], grandkids[0][1])
+            if len(grandkids) == 1 and isinstance(grandkids[0][1], (nn.ModuleList, nn.Sequential)):
+                out += expand(name + "." + grandkids[0][0], grandkids[0][1])  # a wrapper around a stack
             else:
                 out.append(name)
         return out
 
-    reps = _repeated_containers(model)
     layers = []
     modules = dict(model.named_modules())
     for c in _block_containers(model):

@@ -1,0 +1,71 @@
+"""Extraction with 2 CPU processes (DDP, gloo) writes the same master file as 1 process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import make_texts, write_jsonl
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "localizer", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def contents(path):
+    with h5py.File(path, "r") as f:
+        out = {"attrs": {k: v for k, v in f.attrs.items() if k != "created"}}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[:]) if isinstance(obj, h5py.Dataset) else None)
+        virtual = {k: f["activations"][k].is_virtual for k in f["activations"]}
+    return out, virtual
+
+
+@pytest.mark.parametrize("n,batch", [(37, 4), (21, 5)])
+def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(n, seed=n))
+    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch-size", batch, "--pooling", "mean",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    one = run_cli(*common, "--out", tmp_path / "one.h5", "--trainer.devices", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli(*common, "--out", tmp_path / "two.h5", "--trainer.devices", 2, "--trainer.strategy", "ddp")
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    a, _ = contents(tmp_path / "one.h5")
+    b, virtual = contents(tmp_path / "two.h5")
+    assert all(virtual.values()) and len(virtual) == 2
+    assert sorted(a) == sorted(b)
+    assert a.pop("attrs") == b.pop("attrs")
+    np.testing.assert_array_equal(b["index"], np.arange(n))
+    for name in a:
+        if b[name].dtype.kind == "f":
+            assert not np.isnan(b[name]).any(), name  # NaN = the fill value of an unmapped row
+            np.testing.assert_allclose(b[name], a[name], atol=1e-6, rtol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(b[name], a[name], err_msg=name)
+
+    shards = sorted(p.name for p in (tmp_path / "two.h5.shards").iterdir())
+    assert shards == ["rank-00000-of-00002.h5", "rank-00001-of-00002.h5"]
+    rows = []
+    for s in shards:
+        with h5py.File(tmp_path / "two.h5.shards" / s) as f:
+            assert f.attrs["complete"]
+            rows.append(f["index"][:])
+    assert sorted(np.concatenate(rows).tolist()) == list(range(n))  # each row written exactly once
+    assert min(len(r) for r in rows) > 0
+
+    # the master reads from any working directory (virtual-dataset source paths are relative to it)
+    cwd = os.getcwd()
+    try:
+        os.chdir("/")
+        with h5py.File(tmp_path / "two.h5") as f:
+            np.testing.assert_allclose(f["activations/transformer.h.1"][:], a["activations/transformer.h.1"],
+                                       atol=1e-6, rtol=0)
+    finally:
+        os.chdir(cwd)
