@@ -69,13 +69,17 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an existing output without ``overwrite`` and an output folder that cannot be written."""
+    """Refuse an existing output without ``overwrite``; create missing folders; refuse unwritable ones."""
     if out.exists() and not overwrite:
         raise LocalizerError(f"{out} exists; pass --overwrite to replace it")
     if out.is_dir():
         raise LocalizerError(f"{out} is a directory; give a file path for the output")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise LocalizerError(f"output folder {parent} does not exist")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise LocalizerError(f"cannot write {out}: {parent} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LocalizerError(f"cannot create the output folder {parent}: {e.strerror}") from e
     if not os.access(parent, os.W_OK):
         raise LocalizerError(f"output folder {parent} is not writable")

@@ -257,8 +257,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             attrs = dict(f.attrs)
     except OSError as e:
         raise LocalizerError(f"{path}: not a readable HDF5 file ({e})") from e
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise LocalizerError(f"{path}: unknown activation file format version {attrs.get('format_version')!r} "
+    version = attrs.get("format_version")
+    if version != FORMAT_VERSION:
+        shown = version.item() if hasattr(version, "item") else version
+        raise LocalizerError(f"{path}: unknown activation file format version {shown!r} "
                              f"(this localizer reads version {FORMAT_VERSION})")
     attrs["layers"] = json.loads(attrs["layers"])
     return attrs

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import random
 
-import numpy as np
+import lightning  # noqa: F401  imported here so its log handler binds pytest's session stderr, not a
+import numpy as np  # test's capsys stream that is closed after that test
 import pytest
 import torch
 

@@ -1,0 +1,91 @@
+"""The master file maps shard rows by their dataset indices and refuses anything but exact coverage."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from localizer.errors import LocalizerError
+from localizer.storage import _ShardWriter, _runs, read_metadata, shard_path, write_master
+
+META = {"model": "m", "model_class": "C", "pooling": "last", "layers": ["a", "b"]}
+
+
+def write_shards(out, parts, units=(3, 5), seed=0):
+    """parts: one index array per rank → shards whose rows are f(index), so the expected master is known."""
+    rng = np.random.default_rng(seed)
+    table = {layer: rng.normal(size=(100, u)).astype(np.float32) for layer, u in zip("ab", units)}
+    for rank, idx in enumerate(parts):
+        w = _ShardWriter(shard_path(out, rank, len(parts)))
+        idx = np.asarray(idx, dtype=np.int64)
+        for chunk in np.array_split(idx, max(1, len(idx) // 3)) if len(idx) else []:
+            w.append(chunk, chunk % 2 == 0, [f"s{i}" for i in chunk], {k: v[chunk] for k, v in table.items()})
+        w.close(["a", "b"])
+    return table
+
+
+@pytest.mark.parametrize("parts", [
+    [np.arange(0, 23, 2), np.arange(1, 23, 2)],          # DDP's r::W order
+    [np.array([5, 0, 3, 9, 1]), np.array([2, 8, 4, 7, 6])],  # arbitrary order
+    [np.arange(10), np.array([], dtype=np.int64)],     # an idle rank
+])
+def test_master_rows_follow_dataset_indices(tmp_path, parts):
+    out = tmp_path / "m.h5"
+    table = write_shards(out, parts)
+    n = sum(len(p) for p in parts)
+    write_master(out, len(parts), n, META)
+    with h5py.File(out) as f:
+        for layer in "ab":
+            assert f[f"activations/{layer}"].is_virtual
+            np.testing.assert_array_equal(f[f"activations/{layer}"][:], table[layer][:n])
+        np.testing.assert_array_equal(f["index"][:], np.arange(n))
+        np.testing.assert_array_equal(f["positive"][:], np.arange(n) % 2 == 0)
+        assert f["split"].asstr()[:].tolist() == [f"s{i}" for i in range(n)]
+    meta = read_metadata(out)
+    assert meta["layers"] == ["a", "b"] and meta["n_stimuli"] == n and meta["model_class"] == "C"
+    assert not (tmp_path / "m.h5.tmp").exists()
+
+
+@pytest.mark.parametrize("parts,expected", [
+    ([np.arange(0, 10, 2), np.array([1, 3, 5, 7])], "1 missing, e.g. [9]"),
+    ([np.arange(0, 10, 2), np.array([1, 3, 5, 7, 9, 4])], "1 duplicated, e.g. [4]"),
+    ([np.arange(0, 10, 2), np.array([1, 3, 5, 7, 11])], "1 out of range"),
+])
+def test_master_refused_unless_exact_cover(tmp_path, parts, expected):
+    out = tmp_path / "m.h5"
+    write_shards(out, parts)
+    with pytest.raises(LocalizerError, match="refusing") as e:
+        write_master(out, 2, 10, META)
+    assert expected in str(e.value)
+    assert not out.exists() and not (tmp_path / "m.h5.tmp").exists()
+
+
+def test_incomplete_or_missing_shard_refused(tmp_path):
+    out = tmp_path / "m.h5"
+    write_shards(out, [np.arange(4)])
+    with pytest.raises(LocalizerError, match="missing"):
+        write_master(out, 2, 4, META)
+    with h5py.File(shard_path(out, 0, 1), "a") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(LocalizerError, match="incomplete"):
+        write_master(out, 1, 4, META)
+
+
+def test_runs_cover_every_row_once():
+    rng = np.random.default_rng(1)
+    for idx in (np.arange(3, 40, 4), rng.permutation(30), np.array([0, 2, 4, 5, 6, 10, 11, 3]), np.array([7])):
+        rows = []
+        for row0, i0, count, stride in _runs(idx):
+            np.testing.assert_array_equal(idx[row0:row0 + count], i0 + stride * np.arange(count))
+            rows += range(row0, row0 + count)
+        assert rows == list(range(len(idx)))
+    assert len(_runs(np.arange(1, 1000, 2))) == 1
+
+
+def test_unknown_format_version(tmp_path):
+    p = tmp_path / "x.h5"
+    with h5py.File(p, "w") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(LocalizerError, match="format version 99"):
+        read_metadata(p)
