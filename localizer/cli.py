@@ -15,6 +15,7 @@ USAGE = """usage: localizer COMMAND [options]
 
 commands:
   extract   record pooled per-unit activations of a model on positive and control stimuli into one HDF5 file
+  select    per-unit selectivity (Welch t, FDR, Cohen's d) from an activation file; pick the network + controls
 
 Run `localizer COMMAND --help` for a command's options."""
 
@@ -55,9 +56,80 @@ def _extract_parser():
     p.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--trust_remote_code", action=ActionYesNo, default=False,
                    help="allow code shipped with a hub model to run")
+    p.add_argument("--selection", type=str, default=None,
+                   help="also compute the selection online while recording and write it here (options below)")
+    _add_selection_arguments(p)
     p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
     p.set_defaults({"trainer.accelerator": "auto", "trainer.enable_model_summary": False})
     return p
+
+
+def _add_selection_arguments(p) -> None:
+    from jsonargparse import ActionYesNo
+
+    p.add_argument("--abs", action=ActionYesNo, default=False,
+                   help="test |activation| (as AlKhamissi et al.) instead of the signed activation")
+    p.add_argument("--alternative", type=str, default="greater", help="greater (positive > control) | two-sided")
+    p.add_argument("--top", type=str, default="1%", help="select the top PCT%% of units by t (k = floor(PCT x U / 100))")
+    p.add_argument("--per_layer", "--per-layer", action=ActionYesNo, default=False,
+                   help="with --top: the top PCT%% of each layer")
+    p.add_argument("--count", type=int, default=None, help="select K units instead of a percentage")
+    p.add_argument("--fdr", type=float, default=None, help="select units with q < Q and t > 0")
+    p.add_argument("--range", type=str, default=None,
+                   help="select K random units whose t percentile lies in LOW-HIGH (K from --top or --count)")
+    p.add_argument("--bottom", action=ActionYesNo, default=False,
+                   help="select the K least selective units, smallest |t| (K from --top or --count)")
+    p.add_argument("--controls", type=int, default=10, help="random control sets of each kind")
+    p.add_argument("--seed", type=int, default=0, help="seed of the control sets and split halves")
+    p.add_argument("--split_half", "--split-half", action=ActionYesNo, default=False,
+                   help="also localize on two random halves of the localize rows; report their Dice overlap")
+
+
+def _selection_options(cfg):
+    from localizer.selection import SelectionOptions
+
+    rules = [name for name, on in (("fdr", cfg.fdr is not None), ("range", cfg.range is not None),
+                                   ("bottom", cfg.bottom)) if on]
+    if len(rules) > 1:
+        raise LocalizerError(f"choose one of --fdr, --range, --bottom (got {', '.join(rules)})")
+    if cfg.fdr is not None and cfg.count is not None:
+        raise LocalizerError("--count does not apply to --fdr (it selects every unit with q < Q and t > 0)")
+    if cfg.per_layer and (rules or cfg.count is not None):
+        raise LocalizerError("--per-layer works with --top only")
+    return SelectionOptions(rule=rules[0] if rules else "top", top=cfg.top, count=cfg.count, per_layer=cfg.per_layer,
+                            fdr=cfg.fdr, range=cfg.range, abs=cfg.abs, alternative=cfg.alternative,
+                            controls=cfg.controls, seed=cfg.seed, split_half=cfg.split_half)
+
+
+def _select_parser():
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+    p = ArgumentParser(prog="localizer select", exit_on_error=False, description=(
+        "Per-unit selectivity (Welch t, p, BH-FDR q, Cohen's d) of positive vs control stimuli from an activation "
+        "file; select the network and matched random controls; write a selection file."))
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    p.add_argument("--activations", type=str, required=True, help="activation file written by localizer extract")
+    p.add_argument("--out", type=str, required=True, help="the selection file to write (.h5)")
+    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing --out")
+    p.add_argument("--log_dir", "--log-dir", type=str, default="lightning_logs", help="TensorBoard folder")
+    _add_selection_arguments(p)
+    return p
+
+
+def _select(argv: list[str]) -> int:
+    cfg = _parse(_select_parser(), argv)
+    options = _selection_options(cfg)
+    from pathlib import Path
+
+    from localizer.extract import check_output
+    from localizer.report import print_selection
+    from localizer.selectivity import select_from_file
+
+    check_output(Path(cfg.out), cfg.overwrite)
+    result = select_from_file(cfg.activations, cfg.out, options, log_dir=cfg.log_dir)
+    print_selection(result)
+    print(f"wrote {cfg.out}")
+    return 0
 
 
 def _extract(argv: list[str]) -> int:
@@ -66,10 +138,14 @@ def _extract(argv: list[str]) -> int:
     from localizer.extract import extract
 
     trainer = {k: v for k, v in cfg.trainer.as_dict().items()}
+    selection = None
+    if cfg.selection:
+        selection = (cfg.selection, _selection_options(cfg))
     path = extract(cfg.model, cfg.stimuli, cfg.out, layers=cfg.layers, pooling=cfg.pooling,
                    batch_size=cfg.batch_size, control=cfg.control, tokenizer=cfg.tokenizer, transform=cfg.transform,
                    padding_side=cfg.padding_side, max_length=cfg.max_length, num_workers=cfg.num_workers,
-                   overwrite=cfg.overwrite, trust_remote_code=cfg.trust_remote_code, trainer=trainer)
+                   overwrite=cfg.overwrite, trust_remote_code=cfg.trust_remote_code, trainer=trainer,
+                   selection=selection)
     from lightning.pytorch.utilities import rank_zero_info
 
     rank_zero_info(f"wrote {path}")
@@ -83,7 +159,7 @@ def _parse(parser, argv):
         raise LocalizerError(" ".join(first_line(e).split())) from e
 
 
-COMMANDS = {"extract": _extract}
+COMMANDS = {"extract": _extract, "select": _select}
 
 
 def main(argv: list[str] | None = None) -> int:

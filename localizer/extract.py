@@ -15,7 +15,8 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
             pooling: str | None = None, batch_size: int = 32, control: str | None = None,
             tokenizer: str | None = None, transform: str | Callable | None = None, padding_side: str = "right",
             max_length: int | None = None, num_workers: int = 0, overwrite: bool = False,
-            trust_remote_code: bool = False, trainer: dict[str, Any] | None = None) -> Path:
+            trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
+            selection: tuple[str | os.PathLike, Any] | None = None) -> Path:
     """Record pooled activations of ``model`` on ``stimuli`` into the HDF5 file ``out``.
 
     Args:
@@ -32,6 +33,9 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
         overwrite: replace an existing ``out``.
         trainer: keyword arguments for ``lightning.Trainer`` (``accelerator``, ``devices``, ``strategy``,
             ``num_nodes``, ...).
+        selection: ``(path, SelectionOptions)`` to also compute the selection online (a
+            :class:`localizer.selectivity.SelectivityCallback`) and write it to ``path``; TensorBoard logs then go to
+            ``lightning_logs/`` unless ``trainer`` names a logger.
 
     Returns:
         the path of the master file.
@@ -60,6 +64,15 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
                                num_workers=num_workers, max_length=max_length)
     kwargs = {**TRAINER_DEFAULTS, **(trainer or {})}
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [HDF5ActivationWriter(out, n_stimuli=len(stimuli))]
+    if selection is not None:
+        from localizer.selectivity import SelectivityCallback
+
+        check_output(Path(selection[0]), overwrite)
+        kwargs["callbacks"].append(SelectivityCallback(selection[0], selection[1]))
+        if kwargs.get("logger") is False and "logger" not in (trainer or {}):
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            kwargs["logger"] = TensorBoardLogger("lightning_logs", name="extract")
     trainer_ = L.Trainer(**kwargs)
     if trainer_.world_size > len(stimuli):
         raise LocalizerError(f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most "

@@ -15,13 +15,13 @@ WORDS = ("the cat dog sat ran on a mat big small red blue house tree river bird 
 
 
 def make_texts(n: int, seed: int = 0) -> list[dict]:
-    """n stimuli with mixed lengths (1..15 words), alternating positive/control, about 1/4 validation."""
+    """n stimuli with mixed lengths (1..15 words), alternating positive/control, 1/5 validation."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         k = rng.randint(1, 15)
         rows.append({"text": " ".join(rng.choice(WORDS) for _ in range(k)), "positive": i % 2 == 0,
-                     "split": "validation" if i % 4 == 3 else "localize"})
+                     "split": "validation" if i % 5 == 3 else "localize"})
     return rows
 
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import make_texts, write_jsonl
 
 
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_cli(*args, cwd=None, extra_env=None):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     return subprocess.run([sys.executable, "-m", "localizer", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 
@@ -69,3 +69,47 @@ def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
                                        atol=1e-6, rtol=0)
     finally:
         os.chdir(cwd)
+
+
+def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_path):
+    """Batch size 1 and one thread per process make the activations bitwise equal across runs, so the statistics
+    must agree to rounding: 2-process online = 1-process online = offline `localizer select` on the file."""
+    from localizer.selection import read_selection
+
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(37, seed=5))
+    sel_args = ["--top", "5%", "--controls", "3", "--seed", "4", "--split-half"]
+    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch-size", 1, "--trainer.accelerator", "cpu",
+              "--trainer.enable_progress_bar", "false", *sel_args]
+    env_one = {"OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name, extra in (("one", ["--trainer.devices", 1]), ("two", ["--trainer.devices", 2, "--trainer.strategy", "ddp"])):
+        r = run_cli(*common, "--out", tmp_path / f"{name}.h5", "--selection", tmp_path / f"{name}_sel.h5", *extra,
+                    cwd=tmp_path, extra_env=env_one)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[name] = read_selection(tmp_path / f"{name}_sel.h5")
+    off = run_cli("select", "--activations", tmp_path / "two.h5", "--out", tmp_path / "off_sel.h5", *sel_args,
+                  cwd=tmp_path)
+    assert off.returncode == 0, off.stderr[-3000:]
+    runs["offline"] = read_selection(tmp_path / "off_sel.h5")
+
+    a, _ = contents(tmp_path / "one.h5")
+    b, _ = contents(tmp_path / "two.h5")
+    for name in a:
+        if name != "attrs":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    base = runs["one"]
+    for other in ("two", "offline"):
+        o = runs[other]
+        for layer in base["layers"]:
+            for stat, value in base["stats"][layer].items():
+                np.testing.assert_allclose(o["stats"][layer][stat], value, rtol=1e-9, atol=1e-12,
+                                           err_msg=f"{other} {layer} {stat}")
+            np.testing.assert_array_equal(o["mask"][layer], base["mask"][layer])
+            np.testing.assert_allclose(o["validation_t"][layer], base["validation_t"][layer], rtol=1e-9, atol=1e-12)
+            for kind, sets in base["controls"].items():
+                for i, c in enumerate(sets):
+                    np.testing.assert_array_equal(o["controls"][kind][i][layer], c[layer])
+        for key in ("n_selected", "n_positive", "n_control", "dice_split_half", "dice_chance"):
+            assert o["attrs"][key] == pytest.approx(base["attrs"][key], rel=1e-12), key
+    assert base["attrs"]["n_selected"] == int(0.05 * 64)  # 2 blocks x 32 units
+    assert (tmp_path / "lightning_logs" / "extract").is_dir()  # online TensorBoard logs
