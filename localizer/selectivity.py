@@ -62,6 +62,7 @@ class UnitStatistics(Metric):
             group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         positive = positive.to(x.device).long()
         group = group.to(x.device)
+        x = x.to(torch.float64)
         ax = x.abs()
         for g in range(self.num_groups):
             for c in (0, 1):
@@ -243,7 +244,7 @@ class SelectivityCallback(Callback):
 # --- offline -----------------------------------------------------------------------------------------------------
 
 def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
-                     options: SelectionOptions | None = None, chunk_bytes: int = 64 << 20,
+                     options: SelectionOptions | None = None, chunk_bytes: int = 16 << 20,
                      log_dir: str | os.PathLike | None = "lightning_logs") -> SelectionResult:
     """Compute the selection from an activation file, reading row chunks (memory does not depend on N).
 
