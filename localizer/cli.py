@@ -16,6 +16,7 @@ USAGE = """usage: localizer COMMAND [options]
 commands:
   extract   record pooled per-unit activations of a model on positive and control stimuli into one HDF5 file
   select    per-unit selectivity (Welch t, FDR, Cohen's d) from an activation file; pick the network + controls
+  ablate    rerun a task with the selected units silenced, against random control sets
 
 Run `localizer COMMAND --help` for a command's options."""
 
@@ -159,7 +160,56 @@ def _parse(parser, argv):
         raise LocalizerError(" ".join(first_line(e).split())) from e
 
 
-COMMANDS = {"extract": _extract, "select": _select}
+def _ablate_parser():
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+    from lightning import Trainer
+
+    p = ArgumentParser(prog="localizer ablate", exit_on_error=False, description=(
+        "Rerun a task with the selected units silenced and report metric deltas against random control sets."))
+    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
+    p.add_argument("--selection", type=str, required=True, help="selection file from localizer select")
+    p.add_argument("--task", type=str, required=True, help="classification | next-token | minimal-pairs | agreement")
+    p.add_argument("--model", type=str, default=None, help="the model (default: the one in the selection file)")
+    p.add_argument("--task_data", "--task-data", type=str, default=None,
+                   help="task data file/dir (default: the validation rows of the recorded stimuli)")
+    p.add_argument("--method", type=str, default="zero", help="zero | mean | scale=F")
+    p.add_argument("--controls", type=str, default="all", help="all, or control kinds, comma-separated")
+    p.add_argument("--n_controls", "--n-controls", type=int, default=None, help="use the first N sets of each kind")
+    p.add_argument("--sweep", type=str, default=None, help="top-%% values to re-select and evaluate, e.g. 0.5,1,2")
+    p.add_argument("--out", type=str, default=None, help="write the results document (JSON) here")
+    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing --out")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=16, help="task rows per batch")
+    p.add_argument("--max_length", "--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--log_dir", "--log-dir", type=str, default="lightning_logs", help="TensorBoard folder")
+    p.add_argument("--trust_remote_code", action=ActionYesNo, default=False,
+                   help="allow code shipped with a hub model to run")
+    p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
+    p.set_defaults({"trainer.accelerator": "auto", "trainer.enable_model_summary": False})
+    return p
+
+
+def _ablate(argv: list[str]) -> int:
+    cfg = _parse(_ablate_parser(), argv)
+    from pathlib import Path
+
+    from localizer.ablation import run_ablation
+    from localizer.extract import check_output
+    from localizer.report import print_ablation
+
+    if cfg.out:
+        check_output(Path(cfg.out), cfg.overwrite)
+    doc = run_ablation(cfg.selection, cfg.task, model=cfg.model, task_data=cfg.task_data, method=cfg.method,
+                       controls=cfg.controls, n_controls=cfg.n_controls, sweep=cfg.sweep, out=cfg.out,
+                       batch_size=cfg.batch_size, max_length=cfg.max_length, log_dir=cfg.log_dir,
+                       trust_remote_code=cfg.trust_remote_code, trainer=cfg.trainer.as_dict())
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:
+        print_ablation(doc)
+    return 0
+
+
+COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 Every batch is a dict with
 
 - ``index``: int64 ``[B]``, the rows' positions in the stimulus dataset,
-- ``positive``: bool ``[B]``,
+- ``positive``: bool ``[B]``; ``label``: int64 ``[B]`` (when the rows have labels),
 - ``split``: list of ``B`` strings (only when the stimuli have a ``split`` column),
 - text: ``input_ids`` and ``attention_mask`` ``[B, T]`` (plus ``token_type_ids`` when the tokenizer makes them),
   padded on the tokenizer's padding side,
@@ -21,29 +21,22 @@ from torch.utils.data import DataLoader, Dataset
 from localizer.errors import LocalizerError, first_line
 from localizer.stimuli import modality as stimulus_modality
 
-META_KEYS = ("index", "positive", "split")
+class IndexedRows(Dataset):
+    """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present."""
 
-
-class _IndexedStimuli(Dataset):
-    """Rows of a stimulus dataset as dicts that carry their own index."""
-
-    def __init__(self, stimuli):
-        self.stimuli = stimuli
-        self.kind = stimulus_modality(stimuli)
-        self.has_split = "split" in stimuli.column_names
+    def __init__(self, rows, columns: tuple[str, ...] = ("text", "image", "positive", "split", "label")):
+        self.rows = rows
+        self.columns = [c for c in columns if c in rows.column_names]
 
     def __len__(self) -> int:
-        return len(self.stimuli)
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
-            row = self.stimuli[int(i)]
+            row = self.rows[int(i)]
         except Exception as e:  # image decoding errors come in many types
             raise LocalizerError(f"stimulus {i}: cannot be read ({first_line(e)})") from e
-        item = {"index": int(i), "positive": bool(row["positive"]), self.kind: row[self.kind]}
-        if self.has_split:
-            item["split"] = row["split"]
-        return item
+        return {"index": int(i), **{c: row[c] for c in self.columns}}
 
 
 class Collate:
@@ -58,10 +51,11 @@ class Collate:
             raise LocalizerError("image stimuli need an image processor or a transform")
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {
-            "index": torch.tensor([r["index"] for r in rows], dtype=torch.long),
-            "positive": torch.tensor([r["positive"] for r in rows], dtype=torch.bool),
-        }
+        batch: dict[str, Any] = {"index": torch.tensor([r["index"] for r in rows], dtype=torch.long)}
+        if "positive" in rows[0]:
+            batch["positive"] = torch.tensor([r["positive"] for r in rows], dtype=torch.bool)
+        if "label" in rows[0]:
+            batch["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
         if "split" in rows[0]:
             batch["split"] = [r["split"] for r in rows]
         if self.kind == "text":
@@ -102,6 +96,6 @@ class LocalizerDataModule(L.LightningDataModule):
         self.collate = Collate(self.kind, None if transform is not None else processor, transform, max_length)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(_IndexedStimuli(self.stimuli), batch_size=self.batch_size, shuffle=False,
+        return DataLoader(IndexedRows(self.stimuli), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0)

@@ -50,7 +50,9 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
 
     out = Path(out)
     check_output(out, overwrite)
+    provenance = {}
     if isinstance(stimuli, (str, os.PathLike)):
+        provenance = {"stimuli": _source_name(stimuli), "control": _source_name(control) if control else None}
         stimuli = load_stimuli(stimuli, control)
     else:
         stimuli = validate_stimuli(stimuli)
@@ -63,12 +65,13 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=batch_size,
                                num_workers=num_workers, max_length=max_length)
     kwargs = {**TRAINER_DEFAULTS, **(trainer or {})}
-    kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [HDF5ActivationWriter(out, n_stimuli=len(stimuli))]
+    writer = HDF5ActivationWriter(out, provenance, n_stimuli=len(stimuli))
+    kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]
     if selection is not None:
         from localizer.selectivity import SelectivityCallback
 
         check_output(Path(selection[0]), overwrite)
-        kwargs["callbacks"].append(SelectivityCallback(selection[0], selection[1]))
+        kwargs["callbacks"].append(SelectivityCallback(selection[0], selection[1], metadata=provenance))
         if kwargs.get("logger") is False and "logger" not in (trainer or {}):
             from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -96,3 +99,9 @@ def check_output(out: Path, overwrite: bool) -> None:
         raise LocalizerError(f"cannot create the output folder {parent}: {e.strerror}") from e
     if not os.access(parent, os.W_OK):
         raise LocalizerError(f"output folder {parent} is not writable")
+
+
+def _source_name(source: str | os.PathLike) -> str:
+    """A local path as an absolute path (so later commands find it from anywhere); anything else as given."""
+    p = Path(source)
+    return str(p.resolve()) if p.exists() else str(source)

@@ -7,18 +7,16 @@ layers and returns ``{layer: [B, U_layer] float32}`` in recording order. Pair it
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import lightning as L
 import torch
 from torch import nn
 
-from localizer.data import META_KEYS
 from localizer.errors import LocalizerError
 from localizer.hooks import StopForward, trace
 from localizer.layers import POOLINGS, pool, resolve_layers
-from localizer.models import forward_accepts
+from localizer.models import ModelCaller
 
 ALLOWED_POOLINGS = {"text": ("last", "mean"), "image": ("channel", "flat", "mean")}
 DEFAULT_POOLING = {"text": "last", "image": "channel"}
@@ -57,11 +55,7 @@ class ActivationRecorder(L.LightningModule):
         self.pooling, self.modality = pooling, modality
         self.model_name = model_name or type(model).__name__
         self.model_class = model_class or type(model).__name__
-        self.is_hf = type(model).__module__.startswith("transformers.")
-        self._position_ids = (self.is_hf and modality == "text" and forward_accepts(model, "position_ids")
-                              and not hasattr(sys.modules.get(type(model).__module__),
-                                              "create_position_ids_from_input_ids"))
-        self._no_cache = self.is_hf and forward_accepts(model, "use_cache")
+        self.call_model = ModelCaller(model, modality)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``batch`` (see :mod:`localizer.data`) → ``{layer: [B, U_layer] float32}``, in recording order."""
@@ -73,7 +67,7 @@ class ActivationRecorder(L.LightningModule):
 
         with trace(self.model, self.layers, keep, stop_after_all=True):
             try:
-                self._call_model(batch)
+                self.call_model(batch)
             except StopForward:
                 pass
         missing = [layer for layer in self.layers if layer not in pooled]
@@ -81,20 +75,6 @@ class ActivationRecorder(L.LightningModule):
             raise LocalizerError(f"layers {missing} produced no output in the forward pass (a fused fast path may "
                                  f"skip them); choose other layers")
         return {layer: pooled[layer] for layer in self.layers}
-
-    def _call_model(self, batch: dict[str, Any]) -> Any:
-        inputs = {k: v for k, v in batch.items() if k not in META_KEYS}
-        if self.modality == "image":
-            return self.model(pixel_values=inputs["pixel_values"]) if self.is_hf else self.model(inputs["pixel_values"])
-        if not self.is_hf:
-            if "attention_mask" in inputs and forward_accepts(self.model, "attention_mask"):
-                return self.model(inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            return self.model(inputs["input_ids"])
-        if self._position_ids and "attention_mask" in inputs:
-            inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-        if self._no_cache:
-            inputs["use_cache"] = False
-        return self.model(**inputs)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         return self(batch)

@@ -61,3 +61,79 @@ def print_selection(result, file=None) -> None:
     for kind, sets in result.controls.items():
         if sets:
             print(f"controls: {len(sets)} x {kind}", file=out)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict) -> None:
+    """TensorBoard: ``ablation/<task>/<metric>/<condition>`` and ``.../delta/<condition>`` scalars, a bar chart of
+    deltas per metric (localized vs each control kind: mean, sd and every set), the sweep curve, hparams."""
+    ex = logger.experiment
+    task = doc["task"]
+    base = results["baseline"]
+    for c in conditions:
+        for m, v in results[c.name].items():
+            ex.add_scalar(f"ablation/{task}/{m}/{c.name}", v, 0)
+            if c.name != "baseline":
+                ex.add_scalar(f"ablation/{task}/{m}/delta/{c.name}", v - base[m], 0)
+    plt = _plt()
+    kinds = [k for k in doc["delta"] if k != "localized"]
+    for m in doc["metrics"]:
+        fig, ax = plt.subplots(figsize=(1.4 * (len(kinds) + 1) + 1.5, 3))
+        loc = doc["delta"]["localized"][m]
+        ax.bar([0], [loc if loc is not None else np.nan], color="tab:red")
+        for i, k in enumerate(kinds, start=1):
+            d = np.array([x[m] for x in doc["delta"][k] if x[m] is not None], dtype=float)
+            if len(d):
+                ax.bar([i], [d.mean()], yerr=[d.std(ddof=1)] if len(d) > 1 else None, color="tab:gray", capsize=4)
+                ax.scatter(np.full(len(d), i), d, s=8, color="black", zorder=3)
+        ax.axhline(0, color="black", linewidth=0.5)
+        ax.set_xticks(range(len(kinds) + 1), ["localized"] + kinds, rotation=20, fontsize=8)
+        ax.set_ylabel(f"delta {m}")
+        ax.set_title(f"{task}: {doc['method']} ablation of {doc['n_selected']} units", fontsize=9)
+        fig.tight_layout()
+        ex.add_figure(f"ablation/{task}/{m}/deltas", fig, 0)
+        plt.close(fig)
+    if doc.get("sweep"):
+        tops = [float(p["top"]) for p in doc["sweep"]]
+        for m in doc["metrics"]:
+            fig, ax = plt.subplots(figsize=(4.5, 3))
+            ax.plot(tops, [p["localized"][m] for p in doc["sweep"]], "o-", color="tab:red", label="localized")
+            for k in kinds:
+                mean = [np.mean([x[m] for x in p[k]]) if p[k] else np.nan for p in doc["sweep"]]
+                sd = [np.std([x[m] for x in p[k]], ddof=1) if len(p[k]) > 1 else 0 for p in doc["sweep"]]
+                ax.errorbar(tops, mean, yerr=sd, fmt="s--", capsize=3, label=k)
+            ax.set_xscale("log")
+            ax.set_xlabel("top % of units ablated")
+            ax.set_ylabel(f"delta {m}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            ex.add_figure(f"ablation/{task}/{m}/sweep", fig, 0)
+            plt.close(fig)
+    metrics = {f"hp/{task}/{m}/delta_localized": v for m, v in doc["delta"]["localized"].items() if v is not None}
+    logger.log_hyperparams(hparams, metrics)
+    logger.finalize("success")
+
+
+def print_ablation(doc: dict, file=None) -> None:
+    """The localized delta of every metric beside each control kind's deltas (mean ± sd), z and p."""
+    import sys
+
+    out = file or sys.stdout
+    print(f"{doc['task']}: {doc['method']} ablation of {doc['n_selected']} units", file=out)
+    kinds = [k for k in doc["delta"] if k != "localized"]
+    for m in doc["metrics"]:
+        print(f"  {m}: baseline {doc['baseline'][m]:.4g}, localized {doc['localized'][m]:.4g} "
+              f"(delta {doc['delta']['localized'][m]:+.4g})", file=out)
+        for k in kinds:
+            d = np.array([x[m] for x in doc["delta"][k]], dtype=float)
+            z = doc["z"][k][m]
+            print(f"    vs {k:<17} delta {np.mean(d):+.4g} ± {np.std(d, ddof=1) if len(d) > 1 else 0:.3g} "
+                  f"(n={len(d)})  z={'n/a' if z is None else f'{z:.2f}'}  p={doc['p_empirical'][k][m]:.3g}", file=out)

@@ -153,7 +153,8 @@ def finish_selection(layout: UnitLayout, moments: dict[str, Moments], halves: di
             validation_t = unit_statistics(moments, VALIDATION, options.abs, options.alternative)["t"]
     attrs = {"selection": options.to_json(), "abs": options.abs, "alternative": options.alternative,
              "n_positive": s["n_positive"], "n_control": s["n_control"],
-             **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")}}
+             **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")},
+             **{k: str(meta[k]) for k in ("stimuli", "control") if meta.get(k)}}
     if halves is not None:
         masks = []
         for g in (0, 1):
@@ -184,11 +185,13 @@ class SelectivityCallback(Callback):
         out: the selection file to write.
         options: selection rule, controls, ``abs``/``alternative``, split-half.
         log_to_tensorboard: histograms of t per layer and the fraction selected, through ``trainer.logger``.
+        metadata: extra root attributes for the selection file (e.g. ``stimuli``, the stimulus source).
     """
 
     def __init__(self, out: str | os.PathLike, options: SelectionOptions | None = None,
-                 log_to_tensorboard: bool = True):
+                 log_to_tensorboard: bool = True, metadata: dict[str, Any] | None = None):
         self.out = Path(out)
+        self.metadata = dict(metadata or {})
         self.options = options or SelectionOptions()
         self.log_to_tensorboard = log_to_tensorboard
         self.result: SelectionResult | None = None
@@ -227,7 +230,7 @@ class SelectivityCallback(Callback):
                 has_val = bool(moments["signed"].n[VALIDATION].sum() > 0)
                 meta = {"source": "online", "pooling": getattr(pl_module, "pooling", ""),
                         "model": getattr(pl_module, "model_name", ""),
-                        "model_class": getattr(pl_module, "model_class", "")}
+                        "model_class": getattr(pl_module, "model_class", ""), **self.metadata}
                 self.result = finish_selection(self.layout, moments, halves, self.options, has_val, meta)
                 save_result(self.result, self.out)
                 if self.log_to_tensorboard and trainer.logger is not None:

@@ -7,7 +7,8 @@ File format (version 1), the contract every later command reads:
 - ``/positive``: bool ``[N]``; ``/index``: int64 ``[N]`` equal to ``0..N-1``; ``/split``: utf-8 strings ``[N]``
   when the stimuli have a split column.
 - root attributes: ``format_version`` (1), ``model``, ``model_class``, ``pooling``, ``layers`` (JSON list, recording
-  order), ``n_stimuli``, ``created`` (ISO 8601, UTC).
+  order), ``n_stimuli``, ``created`` (ISO 8601, UTC); ``stimuli`` (and ``control``): the stimulus source(s), when
+  given as paths or ids.
 
 Shards live in ``<master>.shards/rank-RRRRR-of-WWWWW.h5``; each holds its rank's rows in the order it processed them,
 with their dataset indices in ``/index``. The master is written under a temporary name and renamed, and only when the
@@ -242,6 +243,9 @@ def write_master(out: str | os.PathLike, world_size: int, n_stimuli: int, metada
         f.attrs["layers"] = json.dumps(layers)
         f.attrs["n_stimuli"] = n_stimuli
         f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for key, value in metadata.items():  # extra provenance, e.g. the stimulus source
+            if key not in ("layers", "model", "model_class", "pooling") and value is not None:
+                f.attrs[key] = str(value)
     os.replace(tmp, out)
     for stale in shard_dir(out).iterdir():
         m = _SHARD_RE.match(stale.name)
