@@ -158,6 +158,10 @@ def _model_class(transformers, config, modality: str, forced: str | None):
         if cls is None:
             raise LocalizerError(f"model class {name!r} is not in this transformers version "
                                  f"({transformers.__version__})")
+        wanted = getattr(cls, "config_class", None)
+        if forced and wanted is not None and not isinstance(config, wanted):
+            raise LocalizerError(f"the file records model class {name} ({wanted.model_type}) but this model is a "
+                                 f"{config.model_type} model; was the file made with another model?")
         return cls
     autos = ([transformers.AutoModelForCausalLM] if modality == "text"
              else [transformers.AutoModelForImageClassification]) + [transformers.AutoModel]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -113,3 +114,29 @@ def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_pat
             assert o["attrs"][key] == pytest.approx(base["attrs"][key], rel=1e-12), key
     assert base["attrs"]["n_selected"] == int(0.05 * 64)  # 2 blocks x 32 units
     assert (tmp_path / "lightning_logs" / "extract").is_dir()  # online TensorBoard logs
+
+
+def test_ablation_two_processes_count_every_sample_once(gpt2_dir, tmp_path):
+    """21 task rows (not divisible by 2 x batch size): Lightning's padded sampler would count one twice."""
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(30, seed=2))
+    r = run_cli("extract", "--model", gpt2_dir, "--stimuli", stimuli, "--out", tmp_path / "a.h5",
+                "--selection", tmp_path / "sel.h5", "--count", 5, "--controls", 3, "--trainer.accelerator", "cpu",
+                "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    task = write_jsonl(tmp_path / "task.jsonl", [{"text": row["text"]} for row in make_texts(21, seed=6)])
+    docs = {}
+    for name, extra in (("one", ["--trainer.devices", 1]), ("two", ["--trainer.devices", 2, "--trainer.strategy", "ddp"])):
+        r = run_cli("ablate", "--selection", tmp_path / "sel.h5", "--task", "next-token", "--task-data", task,
+                    "--batch-size", 1, "--out", tmp_path / f"{name}.json", "--trainer.accelerator", "cpu",
+                    "--trainer.enable_progress_bar", "false", *extra, cwd=tmp_path, extra_env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        docs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    one, two = docs["one"], docs["two"]
+    for cond in ("baseline", "localized"):
+        assert two[cond]["accuracy"] == one[cond]["accuracy"]
+        assert two[cond]["cross_entropy"] == pytest.approx(one[cond]["cross_entropy"], rel=1e-9)
+    for kind, sets in one["controls"].items():
+        for a, b in zip(sets, two["controls"][kind]):
+            assert b["accuracy"] == a["accuracy"]
+            assert b["cross_entropy"] == pytest.approx(a["cross_entropy"], rel=1e-9)
+    assert (tmp_path / "lightning_logs" / "ablate").is_dir()

@@ -1,0 +1,316 @@
+"""Ablation: masked metrics against direct computations with the test's own hooks, planted units, DDP, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_texts, write_jsonl
+from localizer import extract
+from localizer.ablation import control_statistics, run_ablation
+from localizer.selection import SelectionOptions, read_selection
+from localizer.selectivity import select_from_file
+
+CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def gpt2_selection(gpt2_dir, text_file, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpt2sel")
+    acts = extract(gpt2_dir, text_file, d / "acts.h5", layers="transformer.h.*", trainer=CPU)
+    select_from_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
+    return d / "sel.h5"
+
+
+def next_token_reference(model_dir, texts, zero: dict[int, np.ndarray] | None = None,
+                         fill: dict[int, np.ndarray] | None = None):
+    """Micro-averaged next-token accuracy and cross-entropy, one unpadded text at a time, with the test's own hooks
+    replacing hidden dims of block outputs (zero, or ``fill`` values)."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
+    handles = []
+    for block, dims in (zero or {}).items():
+        def hook(module, args, output, dims=dims, block=block):
+            h = output[0].clone() if isinstance(output, tuple) else output.clone()
+            h[..., dims] = 0.0 if fill is None else torch.tensor(fill[block][dims], dtype=h.dtype)
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+        handles.append(model.transformer.h[block].register_forward_hook(hook))
+    correct = total = 0
+    nll = 0.0
+    with torch.no_grad():
+        for t in texts:
+            ids = tok(t, return_tensors="pt")["input_ids"]
+            logits = model(ids).logits[0, :-1]
+            target = ids[0, 1:]
+            correct += int((logits.argmax(-1) == target).sum())
+            total += len(target)
+            nll += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+    for h in handles:
+        h.remove()
+    return correct / total, nll / total
+
+
+def test_next_token_baseline_and_localized_match_direct_computation(gpt2_dir, gpt2_selection, tmp_path):
+    texts = [r["text"] for r in make_texts(23, seed=8)]
+    data = write_jsonl(tmp_path / "task.jsonl", [{"text": t} for t in texts])
+    doc = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, batch_size=5,
+                       out=tmp_path / "res.json", log_dir=None, trainer=CPU)
+    acc, ce = next_token_reference(gpt2_dir, texts)
+    assert doc["baseline"]["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert doc["baseline"]["cross_entropy"] == pytest.approx(ce, rel=1e-5)
+    sel = read_selection(gpt2_selection)
+    zero = {i: np.flatnonzero(sel["mask"][f"transformer.h.{i}"]) for i in range(2)}
+    acc_l, ce_l = next_token_reference(gpt2_dir, texts, {i: d for i, d in zero.items() if len(d)})
+    assert doc["localized"]["accuracy"] == pytest.approx(acc_l, abs=1e-12)
+    assert doc["localized"]["cross_entropy"] == pytest.approx(ce_l, rel=1e-5)
+    assert doc["delta"]["localized"]["cross_entropy"] == pytest.approx(ce_l - ce, abs=1e-5)
+    # one control set, by hand too
+    c = sel["controls"]["global"][2]
+    acc_c, ce_c = next_token_reference(gpt2_dir, texts, {i: np.flatnonzero(c[f"transformer.h.{i}"]) for i in range(2)
+                                                         if c[f"transformer.h.{i}"].any()})
+    assert doc["controls"]["global"][2]["cross_entropy"] == pytest.approx(ce_c, rel=1e-5)
+    saved = json.loads((tmp_path / "res.json").read_text())
+    assert saved["n_selected"] == 6 and set(saved["z"]) == {"global", "layer_matched", "magnitude_matched"}
+    assert len(saved["controls"]["magnitude_matched"]) == 4
+
+
+def test_mean_ablation_uses_selection_means_and_scale_one_is_identity(gpt2_dir, gpt2_selection, tmp_path):
+    texts = [r["text"] for r in make_texts(15, seed=9)]
+    data = write_jsonl(tmp_path / "task.jsonl", [{"text": t} for t in texts])
+    sel = read_selection(gpt2_selection)
+    doc = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, method="mean", batch_size=4,
+                       log_dir=None, trainer=CPU)
+    dims = {i: np.flatnonzero(sel["mask"][f"transformer.h.{i}"]) for i in range(2)}
+    fill = {i: sel["stats"][f"transformer.h.{i}"]["mean_all"] for i in range(2)}
+    acc, ce = next_token_reference(gpt2_dir, texts, {i: d for i, d in dims.items() if len(d)}, fill)
+    assert doc["localized"]["cross_entropy"] == pytest.approx(ce, rel=1e-5)
+    assert doc["localized"]["accuracy"] == pytest.approx(acc, abs=1e-12)
+    same = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, method="scale=1",
+                        batch_size=4, log_dir=None, trainer=CPU)
+    for m in same["metrics"]:
+        assert same["delta"]["localized"][m] == 0.0
+        assert all(d[m] == 0.0 for k in ("global", "layer_matched", "magnitude_matched") for d in same["delta"][k])
+
+
+def test_minimal_pairs_match_direct_computation(gpt2_dir, gpt2_selection, tmp_path):
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    rows = [{"good": r["text"], "bad": " ".join(reversed(r["text"].split())) + " the"} for r in make_texts(17, seed=3)]
+    data = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    doc = run_ablation(gpt2_selection, "minimal-pairs", model=gpt2_dir, task_data=data, controls="global",
+                       batch_size=4, log_dir=None, trainer=CPU)
+    tok = AutoTokenizer.from_pretrained(gpt2_dir)
+    model = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
+
+    def logp(text):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+        return float(lp.gather(1, ids[0, 1:, None]).sum())
+
+    want = np.mean([logp(r["good"]) > logp(r["bad"]) for r in rows])
+    assert doc["baseline"]["accuracy"] == pytest.approx(want, abs=1e-12)
+    assert list(doc["controls"]) == ["global"]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Stimuli (localize + validation, labelled) for the planted CNN, and its selection of the top 2 channels."""
+    from planted_models import images
+
+    d = tmp_path_factory.mktemp("planted")
+    ims, pos = images(400, seed=0)
+    ds = datasets.Dataset.from_dict({"image": ims, "positive": pos, "label": [int(p) for p in pos],
+                                     "split": ["localize"] * 200 + ["validation"] * 200},
+                                    features=datasets.Features({"image": datasets.Image(),
+                                                                "positive": datasets.Value("bool"),
+                                                                "label": datasets.Value("int64"),
+                                                                "split": datasets.Value("string")}))
+    ds.save_to_disk(str(d / "stimuli"))
+    acts = extract("planted_models:planted_cnn", d / "stimuli", d / "acts.h5", layers="features",
+                   transform="planted_models:to_tensor", batch_size=50, trainer=CPU)
+    select_from_file(acts, d / "sel.h5", SelectionOptions(count=2, controls=12, seed=0), log_dir=None)
+    return d
+
+
+def test_planted_units_are_necessary_and_controls_are_not(planted, tmp_path):
+    from planted_models import planted_cnn, to_tensor
+
+    sel = read_selection(planted / "sel.h5")
+    assert np.flatnonzero(sel["mask"]["features"]).tolist() == [0, 1]
+    doc = run_ablation(planted / "sel.h5", "classification", model="planted_models:planted_cnn",
+                       task_data=None, batch_size=32, log_dir=tmp_path / "tb", trainer=CPU,
+                       loaded=_planted_loaded())
+    assert doc["baseline"]["accuracy"] > 0.95
+    assert abs(doc["localized"]["accuracy"] - 0.5) < 0.1  # near chance (2 balanced classes)
+    assert doc["localized"]["accuracy_class_1"] < 0.2  # the positive class is lost
+    for kind in ("global", "layer_matched", "magnitude_matched"):
+        deltas = [d["accuracy"] for d in doc["delta"][kind]]
+        assert max(abs(x) for x in deltas) < 0.05, (kind, deltas)
+        assert doc["z"][kind]["accuracy"] < -10, doc["z"]
+        assert doc["p_empirical"][kind]["accuracy"] == pytest.approx(1 / 13)
+    # direct computation of the localized condition: zero channels 0-1 in the test's own hook
+    model = planted_cnn()
+    ds = datasets.load_from_disk(str(planted / "stimuli")).filter(lambda s: s == "validation", input_columns="split")
+    x = torch.stack([to_tensor(im) for im in ds["image"]])
+    y = torch.tensor(ds["label"])
+
+    def zero01(module, args, output):
+        output = output.clone()
+        output[:, :2] = 0
+        return output
+
+    with torch.no_grad():
+        base = model(x).argmax(1)
+        h = model.features.register_forward_hook(zero01)
+        abl = model(x).argmax(1)
+        h.remove()
+    assert doc["baseline"]["accuracy"] == pytest.approx(float((base == y).float().mean()))
+    assert doc["localized"]["accuracy"] == pytest.approx(float((abl == y).float().mean()))
+    assert doc["localized"]["accuracy_class_0"] == pytest.approx(float((abl == y)[y == 0].float().mean()))
+
+
+def _planted_loaded():
+    from localizer.models import load_model
+
+    return load_model("planted_models:planted_cnn", "image", transform="planted_models:to_tensor")
+
+
+def test_agreement_matches_direct_computation(planted):
+    from planted_models import planted_cnn, to_tensor
+
+    doc = run_ablation(planted / "sel.h5", "agreement", batch_size=64, log_dir=None, trainer=CPU,
+                       loaded=_planted_loaded(), controls="global", n_controls=3)
+    model = planted_cnn()
+    ds = datasets.load_from_disk(str(planted / "stimuli")).filter(lambda s: s == "validation", input_columns="split")
+    x = torch.stack([to_tensor(im) for im in ds["image"]])
+    pos = torch.tensor(ds["positive"])
+
+    def zero01(module, args, output):
+        output = output.clone()
+        output[:, :2] = 0
+        return output
+
+    with torch.no_grad():
+        lb = torch.log_softmax(model(x), -1)
+        h = model.features.register_forward_hook(zero01)
+        la = torch.log_softmax(model(x), -1)
+        h.remove()
+    same = la.argmax(1) == lb.argmax(1)
+    kl = (lb.exp() * (lb - la)).sum(1)
+    assert doc["localized"]["agreement_positive"] == pytest.approx(float(same[pos].float().mean()))
+    assert doc["localized"]["agreement_control"] == pytest.approx(float(same[~pos].float().mean()))
+    assert doc["localized"]["kl_positive"] == pytest.approx(float(kl[pos].mean()), rel=1e-5)
+    assert doc["localized"]["kl_control"] == pytest.approx(float(kl[~pos].mean()), rel=1e-5, abs=1e-9)
+    assert doc["baseline"]["agreement_positive"] == 1.0 and doc["baseline"]["kl_control"] == 0.0
+
+
+def test_tensorboard_tags(planted, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_ablation(planted / "sel.h5", "classification", batch_size=64, log_dir=tmp_path / "tb", trainer=CPU,
+                 loaded=_planted_loaded(), n_controls=2, sweep="12.5,25,50")
+    run_dir = next((tmp_path / "tb" / "ablate").iterdir())
+    files = [str(p) for p in run_dir.iterdir() if p.name.startswith("events")]
+    tags = {"scalars": set(), "images": set()}
+    for f in files:
+        acc = EventAccumulator(f, size_guidance={"scalars": 0, "images": 0}).Reload()
+        for k in tags:
+            tags[k] |= set(acc.Tags()[k])
+    for cond in ("baseline", "localized", "global_0", "layer_matched_1", "magnitude_matched_0"):
+        assert f"ablation/classification/accuracy/{cond}" in tags["scalars"]
+    for cond in ("localized", "global_1", "magnitude_matched_1"):
+        assert f"ablation/classification/accuracy/delta/{cond}" in tags["scalars"]
+    assert "ablation/classification/accuracy_class_1/delta/localized" in tags["scalars"]
+    assert {"ablation/classification/accuracy/deltas", "ablation/classification/accuracy/sweep"} <= tags["images"]
+
+
+def test_sweep_reselects_from_stored_t(planted):
+    doc = run_ablation(planted / "sel.h5", "classification", batch_size=64, log_dir=None, trainer=CPU,
+                       loaded=_planted_loaded(), n_controls=2, sweep="12.5,25")
+    tops = [p["top"] for p in doc["sweep"]]
+    assert tops == ["12.5", "25"]
+    # 12.5% of 16 channels = 2 units = the original selection: the same localized delta
+    assert doc["sweep"][0]["localized"] == doc["delta"]["localized"]
+    assert doc["sweep"][0]["global"] == doc["delta"]["global"]  # same seed → same controls
+    assert len(doc["sweep"][1]["magnitude_matched"]) == 2
+
+
+def test_control_statistics_by_hand():
+    z, p = control_statistics(-0.5, [0.0, -0.02, 0.01, -0.01])
+    d = np.array([0.0, -0.02, 0.01, -0.01])
+    assert z == pytest.approx((-0.5 - d.mean()) / d.std(ddof=1))
+    assert p == pytest.approx(1 / 5)
+    z, p = control_statistics(0.01, [0.0, -0.02, 0.01, -0.01])
+    assert p == pytest.approx((1 + 3) / 5)  # |0.02|, |0.01|, |-0.01| >= 0.01
+
+
+@pytest.mark.parametrize("case", ["no_labels", "bad_pairs", "other_model", "bad_version", "bad_method", "bad_kind",
+                                  "too_many_controls", "no_validation", "other_width", "other_depth"])
+def test_ablate_input_errors(capsys, gpt2_dir, bert_dir, gpt2_selection, tmp_path, case):
+    import h5py
+
+    from localizer.cli import main
+
+    args = ["ablate", "--selection", str(gpt2_selection), "--model", gpt2_dir, "--task", "next-token",
+            "--task-data", write_jsonl(tmp_path / "t.jsonl", [{"text": "a b c"}, {"text": "d e"}])]
+    if case == "no_labels":
+        args[6] = "classification"
+        expected = "needs an integer 'label' column"
+    elif case == "bad_pairs":
+        args[5:] = ["--task", "minimal-pairs", "--task-data",
+                    write_jsonl(tmp_path / "p.jsonl", [{"good": "a b", "bad": ""}])]
+        expected = "minimal pair 0 has an empty"
+    elif case == "other_model":
+        args[4] = bert_dir  # a BERT has encoder.layer.*, not transformer.h.*
+        args[6] = "agreement"
+        args[8] = write_jsonl(tmp_path / "a.jsonl", [{"text": "a b", "positive": True}, {"text": "c", "positive": False}])
+        expected = "made with another model"
+    elif case in ("other_width", "other_depth"):
+        import shutil
+
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        other = tmp_path / "other"
+        shutil.copytree(gpt2_dir, other)
+        cfg = GPT2Config.from_pretrained(gpt2_dir)
+        if case == "other_width":
+            cfg.n_embd = 48
+        else:
+            cfg.n_layer = 1
+        GPT2LMHeadModel(cfg).save_pretrained(other)
+        args[4] = str(other)
+        expected = "the selection has 32 units" if case == "other_width" else "['transformer.h.1'] of the selection"
+    elif case == "bad_version":
+        bad = tmp_path / "bad.h5"
+        with h5py.File(bad, "w") as f:
+            f.attrs["format_version"] = 7
+        args[2] = str(bad)
+        expected = "format_version=7"
+    elif case == "bad_method":
+        args += ["--method", "halve"]
+        expected = "zero, mean or scale=F"
+    elif case == "bad_kind":
+        args += ["--controls", "random"]
+        expected = "unknown control kinds"
+    elif case == "too_many_controls":
+        args += ["--n-controls", "9"]
+        expected = "stores 4"
+    else:
+        args = args[:7]  # no --task-data: the recorded stimuli's validation rows; the test stimuli have them
+        args[2] = str(tmp_path / "nosplit_sel.h5")
+        rows = [{"text": r["text"], "positive": r["positive"]} for r in make_texts(12)]
+        acts = extract(gpt2_dir, write_jsonl(tmp_path / "ns.jsonl", rows), tmp_path / "ns.h5", trainer=CPU)
+        select_from_file(acts, args[2], SelectionOptions(count=2, controls=1), log_dir=None)
+        expected = "have no validation rows; pass --task-data"
+    code = main(args + ["--log-dir", str(tmp_path / "tb"), "--trainer.enable_progress_bar", "false"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("localizer")]
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in err, err
