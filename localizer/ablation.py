@@ -230,7 +230,7 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
                  out: str | os.PathLike | None = None, batch_size: int = 16, max_length: int | None = None,
                  num_workers: int = 0, log_dir: str | os.PathLike | None = "lightning_logs",
                  trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
-                 loaded=None) -> dict[str, Any]:
+                 loaded=None, png_dir=None) -> dict[str, Any]:
     """Ablate the units of a selection file and report metric deltas against its random controls.
 
     Args:
@@ -246,6 +246,7 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
         log_dir: TensorBoard folder (``ablate`` runs); None to skip (unless ``trainer`` has a logger).
         trainer: ``lightning.Trainer`` keyword arguments.
         loaded: an already loaded :class:`localizer.models.LoadedModel` (skips loading ``model``).
+        png_dir: also save the TensorBoard figures as PNG files here.
 
     Returns:
         the results document (see :func:`summarize`).
@@ -303,7 +304,7 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
             log_ablation(runner.logger, doc, module.results, conditions,
                          {"task": task, "method": method, "n_selected": int(attrs["n_selected"]),
                           "model": str(attrs.get("model", "")), "selection": str(selection),
-                          "controls": ",".join(kinds), "n_controls": n_controls or 0})
+                          "controls": ",".join(kinds), "n_controls": n_controls or 0}, png_dir=png_dir)
     return doc
 
 

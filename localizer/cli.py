@@ -17,6 +17,7 @@ commands:
   extract   record pooled per-unit activations of a model on positive and control stimuli into one HDF5 file
   select    per-unit selectivity (Welch t, FDR, Cohen's d) from an activation file; pick the network + controls
   ablate    rerun a task with the selected units silenced, against random control sets
+  run       extract -> select -> ablate in one command (no arguments: the language localizer on gemma-3-270m)
 
 Run `localizer COMMAND --help` for a command's options."""
 
@@ -209,7 +210,61 @@ def _ablate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate}
+def _run_parser():
+    from typing import Optional
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+    from lightning import Trainer
+
+    p = ArgumentParser(prog="localizer run", exit_on_error=False, description=(
+        "Extract -> select -> ablate in one command. With no arguments: the language localizer on gemma-3-270m "
+        "(configs: language, faces; or any YAML file)."))
+    p.add_argument("--config", action=ActionConfigFile,
+                   help="a YAML file, or a shipped config by name: language | faces")
+    p.add_argument("--model", type=str, default="gemma-3-270m")
+    p.add_argument("--stimuli", type=str, default="language")
+    p.add_argument("--layers", type=str, default="auto")
+    p.add_argument("--pooling", type=Optional[str], default="last")
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--max_length", type=Optional[int], default=None)
+    p.add_argument("--output_dir", type=str, default="outputs/language-gemma-3-270m")
+    p.add_argument("--untrained", type=bool, default=False,
+                   help="also run on a randomly initialized copy of the model (a baseline)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained copy's random initialization")
+    p.add_argument("--log_dir", type=str, default="lightning_logs")
+    p.add_argument("--select.top", type=str, default="1%")
+    p.add_argument("--select.abs", type=bool, default=True)
+    p.add_argument("--select.alternative", type=str, default="greater")
+    p.add_argument("--select.per_layer", type=bool, default=False)
+    p.add_argument("--select.count", type=Optional[int], default=None)
+    p.add_argument("--select.controls", type=int, default=5)
+    p.add_argument("--select.seed", type=int, default=0)
+    p.add_argument("--select.split_half", type=bool, default=False)
+    p.add_argument("--ablate.method", type=str, default="zero")
+    p.add_argument("--ablate.batch_size", type=int, default=8)
+    p.add_argument("--ablate.n_controls", type=Optional[int], default=None)
+    p.add_argument("--ablate.sweep", type=Optional[str], default=None)
+    p.add_argument("--ablate.tasks", type=list[dict[str, Optional[str]]],
+                   default=[{"task": "next-token", "data": "language-next-token"},
+                            {"task": "minimal-pairs", "data": "language-minimal-pairs"}])
+    p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
+    p.set_defaults({"trainer.accelerator": "auto", "trainer.enable_model_summary": False})
+    return p
+
+
+def _run(argv: list[str]) -> int:
+    from localizer.run import config_path
+
+    argv = [config_path(a) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
+    cfg = _parse(_run_parser(), argv).as_dict()
+    from localizer.run import run
+
+    cfg.pop("config", None)
+    run(**cfg)
+    return 0
+
+
+COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate, "run": _run}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     except LocalizerError as e:
         print(f"localizer {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # --help and --print_config end the parse with SystemExit(0)
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print(f"localizer {argv[0]}: interrupted", file=sys.stderr)
         return 130

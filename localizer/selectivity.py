@@ -248,7 +248,7 @@ class SelectivityCallback(Callback):
 
 def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
                      options: SelectionOptions | None = None, chunk_bytes: int = 16 << 20,
-                     log_dir: str | os.PathLike | None = "lightning_logs") -> SelectionResult:
+                     log_dir: str | os.PathLike | None = "lightning_logs", png_dir=None) -> SelectionResult:
     """Compute the selection from an activation file, reading row chunks (memory does not depend on N).
 
     Args:
@@ -257,6 +257,7 @@ def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
         options: selection rule, controls, ``abs``/``alternative``, split-half.
         chunk_bytes: float64 bytes per chunk of rows over all layers.
         log_dir: TensorBoard folder (a ``select`` run is added); None to skip.
+        png_dir: also save the figures as PNG files here.
     """
     import h5py
 
@@ -300,6 +301,6 @@ def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
 
         logger = TensorBoardLogger(str(log_dir), name="select")
         logger.log_hyperparams({"activations": str(activations), "selection": json.loads(options.to_json())})
-        log_selectivity(logger.experiment, result)
+        log_selectivity(logger.experiment, result, png_dir=png_dir)
         logger.finalize("success")
     return result

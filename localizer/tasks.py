@@ -108,8 +108,9 @@ def _logits(out: Any, task: str) -> torch.Tensor:
 class ClassificationTask(Task):
     name, columns = "classification", ("text", "image", "label")
 
-    def __init__(self, kind: str, processor=None, transform=None, labels: list[int] | None = None):
-        self.collator = Collate(kind, processor, transform)
+    def __init__(self, kind: str, processor=None, transform=None, labels: list[int] | None = None,
+                 max_length: int | None = None):
+        self.collator = Collate(kind, processor, transform, max_length)
         self.labels = list(labels or [])
 
     def collate(self, rows):
@@ -196,8 +197,8 @@ class MinimalPairsTask(Task):
 class AgreementTask(Task):
     name, columns = "agreement", ("text", "image", "positive")
 
-    def __init__(self, kind: str, processor=None, transform=None):
-        self.collator = Collate(kind, processor, transform)
+    def __init__(self, kind: str, processor=None, transform=None, max_length: int | None = None):
+        self.collator = Collate(kind, processor, transform, max_length)
 
     def collate(self, rows):
         return self.collator(rows)
@@ -271,9 +272,9 @@ def make_task(task: str, data, processor=None, transform=None, max_length: int |
     if kind == "text" and processor is None:
         raise LocalizerError(f"task {task} on texts needs the model's tokenizer")
     if task == "classification":
-        return ClassificationTask(kind, processor, transform, sorted(set(data["label"])))
+        return ClassificationTask(kind, processor, transform, sorted(set(data["label"])), max_length)
     if task == "next-token":
         return NextTokenTask(processor, max_length)
     if task == "minimal-pairs":
         return MinimalPairsTask(processor, max_length)
-    return AgreementTask(kind, processor, transform)
+    return AgreementTask(kind, processor, transform, max_length)

@@ -1,0 +1,172 @@
+"""Built-in stimulus sets and task data, by name (seeded and reproducible; no network except ``faces-hub``).
+
+===========================  ==================================================================================
+name                         contents
+===========================  ==================================================================================
+``language``                 247 English sentences (8-14 words, written for this project) vs 247 length-matched
+                             pronounceable non-word strings (checked against wordfreq); 75/25 localize/validation
+``language-next-token``      50 held-out sentences (task data for ``next-token``)
+``language-minimal-pairs``   113 grammatical/ungrammatical pairs (task data for ``minimal-pairs``)
+``faces``                    LFW faces vs non-face patches from scikit-image's ``lfw_subset`` (25x25 gray), plus
+                             crops of scikit-image's object and scene photos as controls
+``faces-hub``                CelebA (``tpremoli/CelebA-attrs``) vs COCO (``phiyodr/coco2017``), needs internet
+``tom``                      false-belief vs false-photograph stories (theory of mind), templates, seeded
+``arithmetic``               hard (two-digit x two-digit) vs easy (one-digit +) arithmetic prompts, seeded
+===========================  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from localizer.errors import LocalizerError
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def _jsonl(name: str):
+    import datasets
+
+    return datasets.load_dataset("json", data_files=str(DATA / name), split="train")
+
+
+def _split(n: int, frac: float, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    idx = list(range(n))
+    rng.shuffle(idx)
+    val = set(idx[: round(n * frac)])
+    return ["validation" if i in val else "localize" for i in range(n)]
+
+
+def language():
+    return _jsonl("language.jsonl").select_columns(["text", "positive", "split"])
+
+
+def language_next_token():
+    import datasets
+
+    lines = [s.strip() for s in (DATA / "next_token.txt").read_text().splitlines() if s.strip()]
+    return datasets.Dataset.from_dict({"text": lines})
+
+
+def language_minimal_pairs():
+    return _jsonl("minimal_pairs.jsonl")
+
+
+def tom(seed: int = 0, n: int = 48):
+    """False-belief stories (positive) vs false-photograph stories (control), matched in structure and length."""
+    import datasets
+
+    rng = random.Random(seed)
+    names = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Iris", "Jack", "Lena", "Max"]
+    objects = ["chocolate", "ball", "book", "key", "letter", "ring", "hat", "phone", "apple", "coin"]
+    places = ["basket", "drawer", "box", "cupboard", "bag", "closet", "desk", "fridge", "shelf", "car"]
+    rows = []
+    for i in range(n):
+        a, b = rng.sample(names, 2)
+        obj = rng.choice(objects)
+        p1, p2 = rng.sample(places, 2)
+        belief = (f"{a} puts the {obj} in the {p1} and leaves the room. While {a} is outside, {b} moves the {obj} "
+                  f"to the {p2}. When {a} comes back, {a} thinks that the {obj} is in the")
+        photo = (f"{a} takes a photograph of the {obj} in the {p1} and leaves the room. Later, {b} moves the {obj} "
+                 f"to the {p2}. In the photograph, the {obj} is shown lying in the")
+        rows += [{"text": belief, "positive": True}, {"text": photo, "positive": False}]
+    split = _split(n, 0.25, seed)
+    for i, r in enumerate(rows):
+        r["split"] = split[i // 2]
+    return datasets.Dataset.from_list(rows)
+
+
+def arithmetic(seed: int = 0, n: int = 80):
+    """Hard (two-digit x two-digit) vs easy (one-digit + one-digit) arithmetic prompts (multiple-demand localizer);
+    every prompt distinct (there are 81 one-digit sums, so n <= 81)."""
+    import datasets
+
+    rng = random.Random(seed)
+    easy = rng.sample([(c, d) for c in range(1, 10) for d in range(1, 10)], n)
+    hard = rng.sample([(a, b) for a in range(12, 99) for b in range(12, 99)], n)
+    rows = []
+    for (a, b), (c, d) in zip(hard, easy):
+        rows += [{"text": f"What is {a} times {b}? The answer is", "positive": True},
+                 {"text": f"What is {c} plus {d}? The answer is", "positive": False}]
+    split = _split(n, 0.25, seed)
+    for i, r in enumerate(rows):
+        r["split"] = split[i // 2]
+    return datasets.Dataset.from_list(rows)
+
+
+def _object_photos():
+    """Full-size object/scene photos shipped with scikit-image (no faces, no people)."""
+    from PIL import Image
+
+    photos = []
+    try:
+        from skimage import data as sk
+
+        for name in ("chelsea", "coffee", "rocket", "hubble_deep_field", "coins", "rocket", "immunohistochemistry",
+                     "moon", "page", "horse", "brick", "grass", "gravel", "cell", "colorwheel"):
+            try:
+                photos.append(Image.fromarray(getattr(sk, name)()))
+            except Exception:  # a photo missing from this scikit-image version (or needing a download)
+                continue
+    except ImportError:
+        pass
+    return photos
+
+
+def faces(seed: int = 0):
+    """100 LFW faces (positive) vs 100 LFW non-face patches + object-photo crops (control), 25% validation."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    try:
+        from skimage.data import lfw_subset
+    except ImportError:
+        raise LocalizerError("stimuli 'faces' need scikit-image: pip install 'localizer[models]'") from None
+    arr = lfw_subset()  # [200, 25, 25] float in [0, 1]: 100 faces then 100 non-faces
+    to_img = [Image.fromarray((a * 255).astype(np.uint8), mode="L") for a in arr]
+    rng = np.random.default_rng(seed)
+    crops = []
+    for photo in _object_photos():
+        w, h = photo.size
+        for _ in range(4):
+            s = int(rng.integers(min(w, h) // 4, min(w, h) // 2 + 1))
+            x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+            crops.append(photo.crop((x, y, x + s, y + s)).convert("L").resize((25, 25)))
+    images = to_img + crops
+    positive = [True] * 100 + [False] * (100 + len(crops))
+    split = _split(len(images), 0.25, seed)
+    features = datasets.Features({"image": datasets.Image(), "positive": datasets.Value("bool"),
+                                  "split": datasets.Value("string")})
+    return datasets.Dataset.from_dict({"image": images, "positive": positive, "split": split}, features=features)
+
+
+def faces_hub(seed: int = 0, n: int = 500):
+    """CelebA faces vs COCO images through ``datasets`` (needs internet)."""
+    from localizer.stimuli import load_stimuli
+
+    ds = load_stimuli("tpremoli/CelebA-attrs", control="phiyodr/coco2017")
+    pos = [i for i, p in enumerate(ds["positive"]) if p][:n]
+    ctl = [i for i, p in enumerate(ds["positive"]) if not p][:n]
+    ds = ds.select(pos + ctl)
+    return ds.add_column("split", _split(len(ds), 0.25, seed)) if "split" not in ds.column_names else ds
+
+
+BUILTIN = {
+    "language": language,
+    "language-next-token": language_next_token,
+    "language-minimal-pairs": language_minimal_pairs,
+    "faces": faces,
+    "faces-hub": faces_hub,
+    "tom": tom,
+    "arithmetic": arithmetic,
+}
+
+
+def builtin(name: str):
+    """The built-in dataset ``name`` (see the module docstring)."""
+    if name not in BUILTIN:
+        raise LocalizerError(f"no built-in stimuli {name!r}; choose one of {', '.join(BUILTIN)}")
+    return BUILTIN[name]()

@@ -1,0 +1,127 @@
+"""``localizer run``: extract → select → ablate in one command, with a printed summary, TensorBoard logs and files.
+
+Everything lands in ``output_dir``: ``activations.h5`` (+ shards), ``selection.h5``, ``results_<task>.json``,
+``summary.txt`` and PNG copies of the TensorBoard figures.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+from localizer.errors import LocalizerError
+
+DEFAULT_TASKS = [{"task": "next-token", "data": "language-next-token"},
+                 {"task": "minimal-pairs", "data": "language-minimal-pairs"}]
+
+
+def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "auto", pooling: str | None = "last",
+        batch_size: int = 16, max_length: int | None = None, output_dir: str = "outputs/language-gemma-3-270m",
+        select: dict[str, Any] | None = None, ablate: dict[str, Any] | None = None, untrained: bool = False,
+        log_dir: str = "lightning_logs", trainer: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """Run the whole localizer and return ``{"selection": SelectionResult, "ablation": {task: results doc}}``.
+
+    Args:
+        model, stimuli, layers, pooling, batch_size, max_length: as for :func:`localizer.extract`.
+        output_dir: where every file goes (replaced files: this command owns the folder).
+        select: :class:`localizer.selection.SelectionOptions` fields (``top``, ``abs``, ``controls``, ``seed``, ...).
+        ablate: ``method``, ``batch_size``, ``sweep``, ``n_controls`` and ``tasks`` (a list of ``{"task", "data"}``;
+            ``data`` null = the validation rows of the stimuli).
+        untrained: also run everything on a randomly initialized copy of the model (into ``output_dir/untrained``).
+        trainer: ``lightning.Trainer`` keyword arguments.
+        seed: the seed of the untrained copy's initialization.
+    """
+    import torch
+
+    from localizer.extract import extract
+    from localizer.models import load_model
+    from localizer.report import print_run_summary
+    from localizer.selection import SelectionOptions
+    from localizer.selectivity import select_from_file
+    from localizer.stimuli import load_stimuli, modality
+
+    select = dict(select or {})
+    ablate = dict(ablate or {})
+    options = SelectionOptions(**{k: v for k, v in select.items() if v is not None})
+    tasks = ablate.get("tasks", DEFAULT_TASKS)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_stimuli(stimuli)
+    kind = modality(data)
+    loaded = load_model(model, kind)
+    runs = [("trained", out, loaded)]
+    if untrained:
+        runs.append(("untrained", out / "untrained", _untrained_copy(loaded, seed)))
+    summary = {}
+    for label, folder, lm in runs:
+        folder.mkdir(parents=True, exist_ok=True)
+        acts = extract(lm, data, folder / "activations.h5", layers=layers, pooling=pooling, batch_size=batch_size,
+                       max_length=max_length, overwrite=True, trainer=trainer)
+        _stamp_source(acts, stimuli)
+        result = select_from_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
+        from localizer.report import log_exemplars
+
+        log_exemplars(acts, result, data, log_dir, folder)
+        docs = {}
+        for spec in tasks:
+            from localizer.ablation import run_ablation
+
+            docs[spec["task"]] = run_ablation(
+                folder / "selection.h5", spec["task"], task_data=spec.get("data"), loaded=lm,
+                method=ablate.get("method", "zero"), n_controls=ablate.get("n_controls"), sweep=ablate.get("sweep"),
+                out=folder / f"results_{spec['task']}.json", batch_size=ablate.get("batch_size", 8),
+                max_length=max_length, log_dir=log_dir, trainer=trainer, png_dir=folder)
+        summary[label] = {"selection": result, "ablation": docs}
+        if _is_rank_zero():
+            text = io.StringIO()
+            with redirect_stdout(text):
+                print_run_summary(f"{model} ({label})" if untrained else model, stimuli, result, docs)
+            (folder / "summary.txt").write_text(text.getvalue())
+            print(text.getvalue(), end="")
+    torch.set_grad_enabled(True)
+    return summary
+
+
+def _is_rank_zero() -> bool:
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
+def _stamp_source(acts: Path, stimuli: str) -> None:
+    """Record the stimulus source in the activation file (for ablation's default task data)."""
+    import h5py
+
+    if _is_rank_zero():
+        with h5py.File(acts, "a") as f:
+            f.attrs["stimuli"] = str(stimuli)
+
+
+def _untrained_copy(loaded, seed: int):
+    """The same architecture with fresh random weights (Hugging Face: ``from_config``; others: reset_parameters)."""
+    import copy
+
+    import torch
+
+    from localizer.models import LoadedModel
+
+    torch.manual_seed(seed)
+    if loaded.is_hf:
+        fresh = type(loaded.model)(loaded.model.config).eval()
+    else:
+        fresh = copy.deepcopy(loaded.model)
+        for m in fresh.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        fresh.eval()
+    return LoadedModel(fresh, loaded.name + " (untrained)", loaded.model_class, loaded.processor, loaded.transform,
+                       loaded.is_hf)
+
+
+def config_path(name: str) -> str:
+    """A shipped config by name (``language``, ``faces``) → its path; anything else unchanged."""
+    p = Path(__file__).resolve().parent / "configs" / f"{name}.yaml"
+    return str(p) if p.exists() and not os.path.exists(name) else name

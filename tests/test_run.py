@@ -1,0 +1,71 @@
+"""`localizer run`: extract -> select -> ablate from a YAML config with command-line overrides."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from localizer.cli import main
+
+
+def test_run_from_config_with_overrides(gpt2_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(f"""
+model: {gpt2_dir}
+stimuli: tom
+layers: transformer.h.*
+pooling: last
+batch_size: 8
+max_length: 60  # the tiny test GPT-2 has 64 positions
+output_dir: out
+select:
+  top: 50%
+  abs: true
+  controls: 3
+ablate:
+  method: zero
+  batch_size: 8
+  tasks:
+    - task: next-token
+      data: language-next-token
+    - task: agreement
+      data: null
+""")
+    code = main(["run", "--config", "cfg.yaml", "--select.top", "10%", "--untrained", "true", "--seed", "7",
+                 "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    out = tmp_path / "out"
+    for folder in (out, out / "untrained"):
+        for name in ("activations.h5", "selection.h5", "results_next-token.json", "results_agreement.json",
+                     "summary.txt", "exemplars.md", "selectivity_fraction_selected.png",
+                     "ablation_next-token_cross_entropy_deltas.png"):
+            assert (folder / name).exists(), folder / name
+    with h5py.File(out / "selection.h5") as f:
+        assert f.attrs["n_selected"] == int(0.10 * 64)  # the command line overrides the YAML's 50%
+        assert bool(f.attrs["abs"]) and f.attrs["stimuli"] == "tom"
+        trained_t = f["layers/transformer.h.1/t"][:]
+    with h5py.File(out / "untrained" / "selection.h5") as f:
+        assert not np.allclose(f["layers/transformer.h.1/t"][:], trained_t)  # another (random) network
+    doc = json.loads((out / "results_agreement.json").read_text())
+    assert doc["baseline"]["agreement_positive"] == 1.0 and len(doc["controls"]["layer_matched"]) == 3
+    summary = (out / "summary.txt").read_text()
+    assert "selected 6 of 64 units" in summary and "vs magnitude_matched" in summary and "magnitude:" in summary
+    assert summary in printed
+    assert (tmp_path / "lightning_logs" / "ablate").is_dir() and (tmp_path / "lightning_logs" / "exemplars").is_dir()
+
+
+def test_print_config_and_shipped_configs(capsys):
+    import yaml
+
+    assert main(["run", "--print_config"]) == 0
+    default = yaml.safe_load(capsys.readouterr().out)
+    assert default["model"] == "gemma-3-270m" and default["select"]["abs"] is True
+    assert default["select"]["top"] == "1%" and default["pooling"] == "last"
+    assert {t["task"] for t in default["ablate"]["tasks"]} == {"next-token", "minimal-pairs"}
+    assert main(["run", "--config", "faces", "--print_config"]) == 0
+    faces = yaml.safe_load(capsys.readouterr().out)
+    assert faces["model"] == "efficientnet-lite0" and faces["ablate"]["tasks"] == [{"task": "agreement", "data": None}]
+    assert main(["run", "--config", "language", "--no_such_key", "1"]) == 2
