@@ -253,8 +253,7 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
     """
     from localizer.extract import TRAINER_DEFAULTS
     from localizer.models import load_model
-    from localizer.stimuli import load_stimuli
-    from localizer.tasks import TASKS, make_task, validate_task_data
+    from localizer.tasks import TASKS, make_task
 
     if task not in TASKS:
         raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -268,8 +267,7 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
         raise LocalizerError(f"unknown control kinds {bad}; choose from all, {', '.join(CONTROL_KINDS)}")
     if isinstance(sweep, str):
         sweep = [s.strip() for s in sweep.split(",") if s.strip()]
-    data = _task_data(task_data, attrs, task, load_stimuli)
-    validate_task_data(data, task, name=str(task_data or "validation rows of the stimuli"))
+    data = _task_data(task_data, attrs, task)
     kind = "text" if ("text" in data.column_names or task == "minimal-pairs") else "image"
     if loaded is None:
         spec = model or str(attrs.get("model", ""))
@@ -308,24 +306,18 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
     return doc
 
 
-def _task_data(task_data, attrs, task, load_stimuli):
-    import datasets
+def _task_data(task_data, attrs, task):
+    """The given task data, or the validation rows of the stimuli recorded in the selection file."""
+    from localizer.stimuli import load_stimuli
+    from localizer.tasks import load_task_data, validate_task_data
 
-    from localizer.stimuli import _read_source
-
-    if task_data is None:
-        source = str(attrs.get("stimuli", ""))
-        if not source:
-            raise LocalizerError("the selection file records no stimuli to take validation rows from; "
-                                 "pass --task-data")
-        stimuli = load_stimuli(source, str(attrs["control"]) if attrs.get("control") else None)
-        if "split" not in stimuli.column_names or "validation" not in set(stimuli["split"]):
-            raise LocalizerError(f"stimuli {source} have no validation rows; pass --task-data")
-        return stimuli.filter(lambda s: s == "validation", input_columns="split")
-    if isinstance(task_data, (datasets.Dataset, datasets.DatasetDict)):
-        return task_data if isinstance(task_data, datasets.Dataset) else \
-            datasets.concatenate_datasets(list(task_data.values()))
-    data = _read_source(task_data, "train")
-    if isinstance(data, datasets.DatasetDict):
-        data = datasets.concatenate_datasets(list(data.values()))
-    return data
+    if task_data is not None:
+        return load_task_data(task_data, task)
+    source = str(attrs.get("stimuli", ""))
+    if not source:
+        raise LocalizerError("the selection file records no stimuli to take validation rows from; pass --task-data")
+    stimuli = load_stimuli(source, str(attrs["control"]) if attrs.get("control") else None)
+    if "split" not in stimuli.column_names or "validation" not in set(stimuli["split"]):
+        raise LocalizerError(f"stimuli {source} have no validation rows; pass --task-data")
+    rows = stimuli.filter(lambda s: s == "validation", input_columns="split")
+    return validate_task_data(rows, task, name=f"validation rows of {source}")

@@ -248,7 +248,7 @@ def _run_parser():
                    default=[{"task": "next-token", "data": "language-next-token"},
                             {"task": "minimal-pairs", "data": "language-minimal-pairs"}])
     p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
-    p.set_defaults({"trainer.accelerator": "auto", "trainer.enable_model_summary": False})
+    p.set_defaults({"trainer.accelerator": "auto", "trainer.devices": 1, "trainer.enable_model_summary": False})
     return p
 
 

@@ -43,6 +43,17 @@ def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "a
     from localizer.selectivity import select_from_file
     from localizer.stimuli import load_stimuli, modality
 
+    trainer = dict(trainer or {})
+    devices = trainer.get("devices", 1)
+    if isinstance(devices, str):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else \
+            (int(devices) if devices.strip().lstrip("-").isdigit() else devices)
+    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or \
+        (isinstance(devices, (list, tuple)) and len(devices) > 1) or int(trainer.get("num_nodes") or 1) > 1
+    if many:
+        raise LocalizerError("localizer run is single-process; for several devices or nodes run localizer extract, "
+                             "select and ablate with the --trainer flags (see the README)")
+    trainer.setdefault("devices", 1)
     select = dict(select or {})
     ablate = dict(ablate or {})
     options = SelectionOptions(**{k: v for k, v in select.items() if v is not None})

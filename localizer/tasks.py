@@ -17,6 +17,7 @@ task               task data                                    metrics
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -262,6 +263,18 @@ def validate_task_data(ds, task: str, name: str = "task data"):
         if "positive" not in cols or getattr(ds.features["positive"], "dtype", "") != "bool":
             raise LocalizerError(f"{name}: task agreement needs a bool 'positive' column")
     return ds
+
+
+def load_task_data(source, task: str):
+    """Task data from a built-in name, a file, a directory, a hub id or a ``datasets.Dataset``, validated for ``task``."""
+    import datasets
+
+    from localizer.stimuli import _read_source
+
+    data = source if isinstance(source, (datasets.Dataset, datasets.DatasetDict)) else _read_source(source, "train")
+    if isinstance(data, datasets.DatasetDict):
+        data = datasets.concatenate_datasets(list(data.values()))
+    return validate_task_data(data, task, name=str(source) if isinstance(source, (str, os.PathLike)) else "task data")
 
 
 def make_task(task: str, data, processor=None, transform=None, max_length: int | None = None) -> Task:

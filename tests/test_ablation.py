@@ -140,8 +140,6 @@ def planted(tmp_path_factory):
 
 
 def test_planted_units_are_necessary_and_controls_are_not(planted, tmp_path):
-    from planted_models import planted_cnn, to_tensor
-
     sel = read_selection(planted / "sel.h5")
     assert np.flatnonzero(sel["mask"]["features"]).tolist() == [0, 1]
     doc = run_ablation(planted / "sel.h5", "classification", model="planted_models:planted_cnn",
@@ -156,10 +154,20 @@ def test_planted_units_are_necessary_and_controls_are_not(planted, tmp_path):
         assert doc["z"][kind]["accuracy"] < -10, doc["z"]
         assert doc["p_empirical"][kind]["accuracy"] == pytest.approx(1 / 13)
     # direct computation of the localized condition: zero channels 0-1 in the test's own hook
+    base, abl, ds = planted_logits_by_hand(planted)
+    base, abl, y = base.argmax(1), abl.argmax(1), torch.tensor(ds["label"])
+    assert doc["baseline"]["accuracy"] == pytest.approx(float((base == y).float().mean()))
+    assert doc["localized"]["accuracy"] == pytest.approx(float((abl == y).float().mean()))
+    assert doc["localized"]["accuracy_class_0"] == pytest.approx(float((abl == y)[y == 0].float().mean()))
+
+
+def planted_logits_by_hand(planted):
+    """Validation logits of the planted CNN, untouched and with channels 0-1 zeroed by the test's own hook."""
+    from planted_models import planted_cnn, to_tensor
+
     model = planted_cnn()
     ds = datasets.load_from_disk(str(planted / "stimuli")).filter(lambda s: s == "validation", input_columns="split")
     x = torch.stack([to_tensor(im) for im in ds["image"]])
-    y = torch.tensor(ds["label"])
 
     def zero01(module, args, output):
         output = output.clone()
@@ -167,13 +175,11 @@ def test_planted_units_are_necessary_and_controls_are_not(planted, tmp_path):
         return output
 
     with torch.no_grad():
-        base = model(x).argmax(1)
-        h = model.features.register_forward_hook(zero01)
-        abl = model(x).argmax(1)
-        h.remove()
-    assert doc["baseline"]["accuracy"] == pytest.approx(float((base == y).float().mean()))
-    assert doc["localized"]["accuracy"] == pytest.approx(float((abl == y).float().mean()))
-    assert doc["localized"]["accuracy_class_0"] == pytest.approx(float((abl == y)[y == 0].float().mean()))
+        base = model(x)
+        handle = model.features.register_forward_hook(zero01)
+        ablated = model(x)
+        handle.remove()
+    return base, ablated, ds
 
 
 def _planted_loaded():
@@ -183,25 +189,10 @@ def _planted_loaded():
 
 
 def test_agreement_matches_direct_computation(planted):
-    from planted_models import planted_cnn, to_tensor
-
     doc = run_ablation(planted / "sel.h5", "agreement", batch_size=64, log_dir=None, trainer=CPU,
                        loaded=_planted_loaded(), controls="global", n_controls=3)
-    model = planted_cnn()
-    ds = datasets.load_from_disk(str(planted / "stimuli")).filter(lambda s: s == "validation", input_columns="split")
-    x = torch.stack([to_tensor(im) for im in ds["image"]])
-    pos = torch.tensor(ds["positive"])
-
-    def zero01(module, args, output):
-        output = output.clone()
-        output[:, :2] = 0
-        return output
-
-    with torch.no_grad():
-        lb = torch.log_softmax(model(x), -1)
-        h = model.features.register_forward_hook(zero01)
-        la = torch.log_softmax(model(x), -1)
-        h.remove()
+    lb, la, ds = planted_logits_by_hand(planted)
+    lb, la, pos = torch.log_softmax(lb, -1), torch.log_softmax(la, -1), torch.tensor(ds["positive"])
     same = la.argmax(1) == lb.argmax(1)
     kl = (lb.exp() * (lb - la)).sum(1)
     assert doc["localized"]["agreement_positive"] == pytest.approx(float(same[pos].float().mean()))
