@@ -104,7 +104,7 @@ def _object_photos():
     try:
         from skimage import data as sk
 
-        for name in ("chelsea", "coffee", "rocket", "hubble_deep_field", "coins", "rocket", "immunohistochemistry",
+        for name in ("chelsea", "coffee", "rocket", "hubble_deep_field", "coins", "immunohistochemistry",
                      "moon", "page", "horse", "brick", "grass", "gravel", "cell", "colorwheel"):
             try:
                 photos.append(Image.fromarray(getattr(sk, name)()))

@@ -38,9 +38,11 @@ def _extract_parser():
         "Record pooled per-unit activations of a model on positive and control stimuli into one HDF5 file."))
     p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
     p.add_argument("--model", type=str, required=True,
-                   help="short name (minilm-l6), local save_pretrained dir, hub id, or package.module:callable")
+                   help="short name (gemma-3-270m, minilm-l6, efficientnet-lite0), local save_pretrained dir, hub id, "
+                        "or package.module:callable")
     p.add_argument("--stimuli", type=str, required=True,
-                   help="JSONL/CSV/Parquet file, save_to_disk dir, image folder (positive/, control/) or hub id")
+                   help="built-in set (language, faces, tom, arithmetic), JSONL/CSV/Parquet file, save_to_disk dir, "
+                        "image folder (positive/, control/) or hub id")
     p.add_argument("--control", type=str, default=None,
                    help="control stimuli (hub id or path) when --stimuli holds only the positive ones")
     p.add_argument("--layers", type=str, default="auto",
