@@ -27,8 +27,21 @@ def empty_moments(units: int, lead: tuple[int, ...] = (), device=None) -> Moment
 
 
 def batch_moments(x: torch.Tensor, weight: torch.Tensor) -> Moments:
-    """Moments of the rows of ``x`` ``[B, U]`` where ``weight`` ``[B]`` (0/1) is 1; float64, no host sync."""
+    """Moments of the rows of ``x`` ``[B, U]`` where ``weight`` ``[B]`` (0/1) is 1, in float64.
+
+    On an accelerator this stays free of host syncs (weighted sums over all rows); on the CPU it gathers the chosen
+    rows and uses one fused mean/variance pass over them (several times faster for the offline path).
+    """
     x = x.to(torch.float64)
+    if x.device.type == "cpu":
+        idx = torch.nonzero(weight, as_tuple=True)[0]
+        if len(idx) == 0:
+            z = torch.zeros(x.shape[1], dtype=torch.float64)
+            return Moments(torch.zeros((), dtype=torch.float64), z, z.clone())
+        rows = x if len(idx) == x.shape[0] else x.index_select(0, idx)
+        var, mean = torch.var_mean(rows, dim=0, correction=0)
+        n = torch.tensor(float(len(idx)), dtype=torch.float64)
+        return Moments(n, mean, var * n)
     w = weight.to(torch.float64)
     n = w.sum()
     mean = (w @ x) / n.clamp(min=1)

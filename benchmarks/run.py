@@ -1,0 +1,354 @@
+"""localizer benchmarks: every number is a ratio measured side by side in this run (absolute times beside it).
+
+    .venv/bin/python benchmarks/run.py                 # all benchmarks, median of 3 repeats
+    .venv/bin/python benchmarks/run.py --quick         # smaller sizes, 1 repeat (a smoke test)
+    .venv/bin/python benchmarks/run.py --only extraction,ablation --accelerator gpu --devices 1
+
+Each benchmark builds its own random-init model and synthetic stimuli (speed does not depend on trained weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+# --- synthetic models and stimuli ---------------------------------------------------------------------------------
+
+def word_tokenizer(vocab: int, save_dir: Path):
+    """A word-level tokenizer over tokens w0..w{vocab-3}: one token per word, so lengths are exact."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i + 2 for i in range(vocab - 2)}
+    words.update({"<unk>": 0, "<pad>": 1})
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>")
+    fast.save_pretrained(save_dir)
+    return fast
+
+
+def gpt2_dir(root: Path, n_layer: int, d: int, vocab: int = 8192) -> Path:
+    """A random-init GPT-2 (``n_layer`` blocks, width ``d``) with the word tokenizer, saved with save_pretrained."""
+    from transformers import GPT2Config, GPT2Model
+
+    path = root / f"gpt2-{n_layer}x{d}"
+    if not (path / "config.json").exists():
+        word_tokenizer(vocab, path)
+        torch.manual_seed(0)
+        GPT2Model(GPT2Config(n_layer=n_layer, n_embd=d, n_head=max(1, d // 64), vocab_size=vocab,
+                             n_positions=64)).eval().save_pretrained(path)
+    return path
+
+
+def texts(n: int, lo: int = 12, hi: int = 20, vocab: int = 8192, seed: int = 0):
+    """``n`` stimuli of lo..hi tokens, half positive, as a datasets.Dataset."""
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    rows = [" ".join(f"w{t}" for t in rng.integers(0, vocab - 2, rng.integers(lo, hi + 1))) for _ in range(n)]
+    return datasets.Dataset.from_dict({"text": rows, "positive": [i % 2 == 0 for i in range(n)]})
+
+
+def timed(fn, repeats: int):
+    """Median wall time of ``fn()`` over ``repeats`` runs, and every time."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+# --- 1. extraction overhead ---------------------------------------------------------------------------------------
+
+def bench_extraction(work: Path, args) -> dict:
+    """localizer extract (Trainer + hooks + pooling + HDF5) vs a bare ``model(**batch)`` loop over the same batches."""
+    from localizer import extract
+    from localizer.data import LocalizerDataModule
+    from localizer.models import load_model
+
+    n = 512 if args.quick else 2048
+    model_dir = gpt2_dir(work, 12, 768)
+    loaded = load_model(str(model_dir), "text")
+    data = texts(n)
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    loaded.model.to(device)
+    loader = LocalizerDataModule(data, loaded.processor, batch_size=32).predict_dataloader()
+    batches = [{k: v.to(device) for k, v in b.items() if k in ("input_ids", "attention_mask")} for b in loader]
+
+    def bare():
+        with torch.inference_mode():
+            for b in batches:
+                loaded.model(**b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def ours():
+        extract(loaded, data, work / "extract.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
+                trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
+
+    bare()  # warm-up (allocator, kernels)
+    t_bare, all_bare = timed(bare, args.repeats)
+    t_ours, all_ours = timed(ours, args.repeats)
+    return {"name": "extraction overhead (GPT-2-small shape, 12 blocks, N=%d, batch 32)" % n,
+            "ratio": t_ours / t_bare, "target": "<= 1.10", "ok": t_ours / t_bare <= 1.10,
+            "detail": f"localizer {t_ours:.2f} s vs bare forward {t_bare:.2f} s (runs: {fmt(all_ours)} / {fmt(all_bare)})"}
+
+
+# --- 2. versus the llm-localization loop -------------------------------------------------------------------------
+
+def llm_localization(model, tokenizer, data, layers):
+    """AlKhamissi et al.'s method, faithfully: one stimulus at a time, hooks registered and removed for every stimulus,
+    last-token activations kept in RAM, then scipy.stats.ttest_ind per layer."""
+    from scipy import stats
+
+    modules = dict(model.named_modules())
+    acts = {layer: [] for layer in layers}
+    for text in data["text"]:
+        store = {}
+        handles = [modules[layer].register_forward_hook(
+            lambda m, i, o, layer=layer: store.__setitem__(layer, o[0] if isinstance(o, tuple) else o))
+            for layer in layers]
+        with torch.no_grad():
+            model(**tokenizer(text, return_tensors="pt"))
+        for h in handles:
+            h.remove()
+        for layer in layers:
+            acts[layer].append(store[layer][0, -1].float().cpu().numpy())
+    positive = np.array(data["positive"])
+    return {layer: stats.ttest_ind(np.abs(np.stack(a))[positive], np.abs(np.stack(a))[~positive]).statistic
+            for layer, a in acts.items()}
+
+
+def bench_versus_peer(work: Path, args) -> dict:
+    from localizer import extract
+    from localizer.models import load_model
+    from localizer.selection import SelectionOptions
+    from localizer.selectivity import select_from_file
+
+    n = 256 if args.quick else 1024
+    model_dir = gpt2_dir(work, 12, 768)
+    loaded = load_model(str(model_dir), "text")
+    data = texts(n, seed=1)
+    layers = [f"h.{i}" for i in range(12)]
+
+    def peer():
+        llm_localization(loaded.model, loaded.processor, data, layers)
+
+    def ours():
+        extract(loaded, data, work / "peer.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
+                trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
+        select_from_file(work / "peer.h5", work / "peer_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None)
+
+    t_peer, all_peer = timed(peer, args.repeats)
+    t_ours, all_ours = timed(ours, args.repeats)
+    return {"name": "extract + select vs the llm-localization loop (batch 1, per-stimulus hooks, N=%d)" % n,
+            "ratio": t_peer / t_ours, "target": ">= 3 (speedup)", "ok": t_peer / t_ours >= 3,
+            "detail": f"localizer {t_ours:.2f} s vs llm-localization {t_peer:.2f} s "
+                      f"(runs: {fmt(all_ours)} / {fmt(all_peer)})"}
+
+
+# --- 3. memory ----------------------------------------------------------------------------------------------------
+
+def peak_rss_cli(cmd: list[str]) -> float:
+    """Peak RSS (MiB) of a child process."""
+    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.exit(r.returncode)")
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(work: Path, args) -> dict:
+    small, large = (500, 5000) if args.quick else (2000, 20000)
+    model_dir = gpt2_dir(work, 4, 256)
+    rss = {}
+    for n in (small, large):
+        path = work / f"mem{n}.jsonl"
+        texts(n, seed=2).to_json(str(path))
+        rss[n] = statistics.median(peak_rss_cli(
+            [sys.executable, "-m", "localizer", "extract", "--model", str(model_dir), "--stimuli", str(path),
+             "--out", str(work / f"mem{n}.h5"), "--overwrite", "--batch-size", "32",
+             "--trainer.accelerator", args.accelerator, "--trainer.devices", "1",
+             "--trainer.enable_progress_bar", "false"]) for _ in range(args.repeats))
+    ratio = rss[large] / rss[small]
+    return {"name": f"peak memory of extraction, N={large} vs N={small} (4 blocks, d=256)", "ratio": ratio,
+            "target": "<= 1.25", "ok": ratio <= 1.25,
+            "detail": f"{rss[large]:.0f} MiB vs {rss[small]:.0f} MiB"}
+
+
+# --- 4. selection from disk ---------------------------------------------------------------------------------------
+
+def big_activation_file(path: Path, gigabytes: float) -> Path:
+    import h5py
+
+    layers, units = 16, 1024
+    n = int(gigabytes * 2 ** 30 / (layers * units * 4))
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for i in range(layers):
+            ds = f.create_dataset(f"activations/h.{i}", (n, units), dtype=np.float32, chunks=(256, units))
+            for r in range(0, n, 4096):
+                m = min(4096, n - r)
+                ds[r:r + m] = rng.standard_normal((m, units), dtype=np.float32)
+        f["positive"] = np.arange(n) % 2 == 0
+        f["index"] = np.arange(n, dtype=np.int64)
+        f.attrs.update({"format_version": 1, "model": "synthetic", "model_class": "none", "pooling": "last",
+                        "layers": json.dumps([f"h.{i}" for i in range(layers)]), "n_stimuli": n,
+                        "created": "benchmark"})
+    return path
+
+
+def plain_read(path: Path, chunk_bytes: int = 16 << 20) -> None:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        dsets = [f[f"activations/{k}"] for k in f["activations"]]
+        n = dsets[0].shape[0]
+        rows = max(1, chunk_bytes // (4 * sum(d.shape[1] for d in dsets)))
+        for r in range(0, n, rows):
+            for d in dsets:
+                d[r:r + rows]
+
+
+def bench_select(work: Path, args) -> dict:
+    """select_from_file (statistics of |x| and x for every unit, float64) vs only reading the same row chunks, both
+    in this process with the file in the page cache; the peak RSS of the `localizer select` command beside."""
+    from localizer.selection import SelectionOptions
+    from localizer.selectivity import select_from_file
+
+    path = big_activation_file(work / "big.h5", 0.25 if args.quick else 2.1)
+    size = path.stat().st_size / 2 ** 30
+    plain_read(path)  # warm the page cache for both
+    t_read, all_read = timed(lambda: plain_read(path), args.repeats)
+    t_sel, all_sel = timed(lambda: select_from_file(path, work / "big_sel.h5", SelectionOptions(abs=True, controls=0),
+                                                    log_dir=None), args.repeats)
+    rss = peak_rss_cli([sys.executable, "-m", "localizer", "select", "--activations", str(path), "--out",
+                        str(work / "big_sel.h5"), "--overwrite", "--abs", "--controls", "0", "--log-dir",
+                        str(work / "tb")])
+    base = peak_rss_cli([sys.executable, "-c", "import localizer.selectivity, localizer.cli, lightning, matplotlib"])
+    return {"name": f"select from disk: {size:.2f} GB file, throughput vs a plain chunked h5py read",
+            "ratio": t_read / t_sel, "target": ">= 0.8", "ok": t_read / t_sel >= 0.8,
+            "detail": f"select {t_sel:.1f} s vs read {t_read:.2f} s (runs: {fmt(all_sel)} / {fmt(all_read)}); "
+                      f"`localizer select` peak RSS {rss:.0f} MiB, of which imports alone {base:.0f} MiB"}
+
+
+# --- 5. ablation overhead -----------------------------------------------------------------------------------------
+
+def bench_ablation(work: Path, args) -> dict:
+    import lightning as L
+    import transformers
+
+    from localizer.ablation import AblationDataModule, AblationModule, Condition
+    from localizer.masking import unit_edits
+    from localizer.tasks import make_task
+
+    n = 128 if args.quick else 512
+    model_dir = gpt2_dir(work, 12, 768)
+    word_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config.from_pretrained(model_dir)
+    model = GPT2LMHeadModel(cfg).eval()
+    data = texts(n, seed=3).remove_columns("positive")
+    rng = np.random.default_rng(0)
+    masks = {f"transformer.h.{i}": rng.random(768) < 0.01 for i in range(12)}
+    edits = unit_edits(masks, "zero")
+    task = make_task("next-token", data, word_tok)
+
+    def validate(conds):
+        module = AblationModule(model, task, conds, "last", "text")
+        L.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False,
+                  enable_model_summary=False).validate(module, datamodule=AblationDataModule(task, data, 16),
+                                                       verbose=False)
+
+    base = Condition("baseline", "baseline", None)
+    t_plain, all_plain = timed(lambda: validate([base, Condition("x", "localized", {})]), args.repeats)
+    t_mask, all_mask = timed(lambda: validate([base, Condition("x", "localized", edits)]), args.repeats)
+    return {"name": f"ablation: masked vs unmasked validation (GPT-2-small shape, 1% of units, N={n})",
+            "ratio": t_mask / t_plain, "target": "<= 1.10", "ok": t_mask / t_plain <= 1.10,
+            "detail": f"masked {t_mask:.2f} s vs unmasked {t_plain:.2f} s (runs: {fmt(all_mask)} / {fmt(all_plain)})"}
+
+
+# --- 6. scaling ---------------------------------------------------------------------------------------------------
+
+def bench_scaling(work: Path, args) -> dict:
+    n = 512 if args.quick else 2048
+    model_dir = gpt2_dir(work, 12, 768)
+    path = work / "scale.jsonl"
+    texts(n, seed=4).to_json(str(path))
+    devices = args.devices if args.accelerator == "gpu" else 2
+
+    def cli(d):
+        cmd = [sys.executable, "-m", "localizer", "extract", "--model", str(model_dir), "--stimuli", str(path),
+               "--out", str(work / f"scale{d}.h5"), "--overwrite", "--batch-size", "32",
+               "--trainer.accelerator", args.accelerator, "--trainer.devices", str(d),
+               "--trainer.enable_progress_bar", "false"] + (["--trainer.strategy", "ddp"] if d > 1 else [])
+        return lambda: subprocess.run(cmd, check=True, capture_output=True)
+
+    t1, all1 = timed(cli(1), args.repeats)
+    tn, alln = timed(cli(devices), args.repeats)
+    return {"name": f"scaling: 1 vs {devices} DDP processes ({args.accelerator}, N={n}, whole command)",
+            "ratio": t1 / tn, "target": "report", "ok": None,
+            "detail": f"{devices} processes {tn:.1f} s vs 1 process {t1:.1f} s (runs: {fmt(alln)} / {fmt(all1)})"}
+
+
+def fmt(ts) -> str:
+    return ", ".join(f"{t:.2f}" for t in ts)
+
+
+BENCHMARKS = {"extraction": bench_extraction, "peer": bench_versus_peer, "memory": bench_memory,
+              "select": bench_select, "ablation": bench_ablation, "scaling": bench_scaling}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes and 1 repeat (smoke test)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3; quick: 1)")
+    p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--workdir", default=None, help="keep models and files here (default: a temporary folder)")
+    p.add_argument("--json", default=None, help="also write the results here")
+    args = p.parse_args()
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    work_ctx = tempfile.TemporaryDirectory() if args.workdir is None else None
+    work = Path(args.workdir or work_ctx.name)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"# localizer benchmarks — {time.strftime('%Y-%m-%d')} — {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"repeats={args.repeats}, accelerator={args.accelerator}")
+    print("| benchmark | ratio | target | met | absolute times |\n|---|---|---|---|---|", flush=True)
+    results = []
+    for name in args.only.split(","):
+        r = BENCHMARKS[name.strip()](work, args)
+        results.append(r)
+        met = "n/a" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        print(f"| {r['name']} | {r['ratio']:.2f} | {r['target']} | {met} | {r['detail']} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if work_ctx is not None:
+        work_ctx.cleanup()
+
+
+if __name__ == "__main__":
+    main()
