@@ -76,6 +76,18 @@ def timed(fn, repeats: int):
     return statistics.median(times), times
 
 
+def paired(a, b, repeats: int):
+    """Time ``a`` and ``b`` alternately (a, b, a, b, ...) after one untimed warm-up of each, so that imports,
+    allocator warm-up and slow drifts of a shared machine hit both alike. Returns (median a, runs a, median b, runs b)."""
+    a()
+    b()
+    ta, tb = [], []
+    for _ in range(repeats):
+        ta.append(timed(a, 1)[0])
+        tb.append(timed(b, 1)[0])
+    return statistics.median(ta), ta, statistics.median(tb), tb
+
+
 # --- 1. extraction overhead ---------------------------------------------------------------------------------------
 
 def bench_extraction(work: Path, args) -> dict:
@@ -104,9 +116,7 @@ def bench_extraction(work: Path, args) -> dict:
         extract(loaded, data, work / "extract.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
                 trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
 
-    bare()  # warm-up (allocator, kernels)
-    t_bare, all_bare = timed(bare, args.repeats)
-    t_ours, all_ours = timed(ours, args.repeats)
+    t_ours, all_ours, t_bare, all_bare = paired(ours, bare, args.repeats)
     return {"name": "extraction overhead (GPT-2-small shape, 12 blocks, N=%d, batch 32)" % n,
             "ratio": t_ours / t_bare, "target": "<= 1.10", "ok": t_ours / t_bare <= 1.10,
             "detail": f"localizer {t_ours:.2f} s vs bare forward {t_bare:.2f} s (runs: {fmt(all_ours)} / {fmt(all_bare)})"}
@@ -157,8 +167,7 @@ def bench_versus_peer(work: Path, args) -> dict:
                 trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
         select_from_file(work / "peer.h5", work / "peer_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None)
 
-    t_peer, all_peer = timed(peer, args.repeats)
-    t_ours, all_ours = timed(ours, args.repeats)
+    t_ours, all_ours, t_peer, all_peer = paired(ours, peer, args.repeats)
     return {"name": "extract + select vs the llm-localization loop (batch 1, per-stimulus hooks, N=%d)" % n,
             "ratio": t_peer / t_ours, "target": ">= 3 (speedup)", "ok": t_peer / t_ours >= 3,
             "detail": f"localizer {t_ours:.2f} s vs llm-localization {t_peer:.2f} s "
@@ -237,10 +246,9 @@ def bench_select(work: Path, args) -> dict:
 
     path = big_activation_file(work / "big.h5", 0.25 if args.quick else 2.1)
     size = path.stat().st_size / 2 ** 30
-    plain_read(path)  # warm the page cache for both
-    t_read, all_read = timed(lambda: plain_read(path), args.repeats)
-    t_sel, all_sel = timed(lambda: select_from_file(path, work / "big_sel.h5", SelectionOptions(abs=True, controls=0),
-                                                    log_dir=None), args.repeats)
+    t_sel, all_sel, t_read, all_read = paired(
+        lambda: select_from_file(path, work / "big_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None),
+        lambda: plain_read(path), args.repeats)
     rss = peak_rss_cli([sys.executable, "-m", "localizer", "select", "--activations", str(path), "--out",
                         str(work / "big_sel.h5"), "--overwrite", "--abs", "--controls", "0", "--log-dir",
                         str(work / "tb")])
@@ -282,8 +290,9 @@ def bench_ablation(work: Path, args) -> dict:
                                                        verbose=False)
 
     base = Condition("baseline", "baseline", None)
-    t_plain, all_plain = timed(lambda: validate([base, Condition("x", "localized", {})]), args.repeats)
-    t_mask, all_mask = timed(lambda: validate([base, Condition("x", "localized", edits)]), args.repeats)
+    t_mask, all_mask, t_plain, all_plain = paired(lambda: validate([base, Condition("x", "localized", edits)]),
+                                                  lambda: validate([base, Condition("x", "localized", {})]),
+                                                  args.repeats)
     return {"name": f"ablation: masked vs unmasked validation (GPT-2-small shape, 1% of units, N={n})",
             "ratio": t_mask / t_plain, "target": "<= 1.10", "ok": t_mask / t_plain <= 1.10,
             "detail": f"masked {t_mask:.2f} s vs unmasked {t_plain:.2f} s (runs: {fmt(all_mask)} / {fmt(all_plain)})"}
@@ -305,8 +314,7 @@ def bench_scaling(work: Path, args) -> dict:
                "--trainer.enable_progress_bar", "false"] + (["--trainer.strategy", "ddp"] if d > 1 else [])
         return lambda: subprocess.run(cmd, check=True, capture_output=True)
 
-    t1, all1 = timed(cli(1), args.repeats)
-    tn, alln = timed(cli(devices), args.repeats)
+    t1, all1, tn, alln = paired(cli(1), cli(devices), args.repeats)
     return {"name": f"scaling: 1 vs {devices} DDP processes ({args.accelerator}, N={n}, whole command)",
             "ratio": t1 / tn, "target": "report", "ok": None,
             "detail": f"{devices} processes {tn:.1f} s vs 1 process {t1:.1f} s (runs: {fmt(alln)} / {fmt(all1)})"}
