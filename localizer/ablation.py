@@ -103,10 +103,6 @@ class AblationDataModule(L.LightningDataModule):
 
 # --- conditions --------------------------------------------------------------------------------------------------
 
-def _flat(layout: UnitLayout, per_layer: dict[str, np.ndarray]) -> np.ndarray:
-    return layout.join(per_layer)
-
-
 def build_conditions(selection: dict[str, Any], method: str, kinds: list[str], n_controls: int | None,
                      sweep: list[str] | None = None) -> list[Condition]:
     """Conditions from a selection file (:func:`localizer.selection.read_selection`).
@@ -148,10 +144,10 @@ def sweep_conditions(selection: dict[str, Any], percents: list[str], method: str
     layers = selection["layers"]
     stats = selection["stats"]
     layout = UnitLayout(layers, [len(stats[layer]["t"]) for layer in layers])
-    t = _flat(layout, {layer: stats[layer]["t"] for layer in layers})
-    q = _flat(layout, {layer: stats[layer]["q"] for layer in layers})
-    valid = _flat(layout, {layer: stats[layer]["var_positive"] + stats[layer]["var_control"] > 0 for layer in layers})
-    mean_abs = _flat(layout, {layer: stats[layer]["mean_abs_all"] for layer in layers})
+    t = layout.join({layer: stats[layer]["t"] for layer in layers})
+    q = layout.join({layer: stats[layer]["q"] for layer in layers})
+    valid = layout.join({layer: stats[layer]["var_positive"] + stats[layer]["var_control"] > 0 for layer in layers})
+    mean_abs = layout.join({layer: stats[layer]["mean_abs_all"] for layer in layers})
     means = {layer: stats[layer]["mean_all"] for layer in layers}
     stored = json.loads(selection["attrs"]["selection"])
     out = []

@@ -17,6 +17,7 @@ task               task data                                    metrics
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Any
 
@@ -59,26 +60,31 @@ def _ratio(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a / b) if float(b) > 0 else float("nan")
 
 
-class Task:
+class Task(abc.ABC):
     """A task: ``collate`` rows → batch; ``output`` (one forward of a condition) → what ``update`` needs."""
 
     name = ""
     columns: tuple[str, ...] = ()
 
+    @abc.abstractmethod
     def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        raise NotImplementedError
+        """Rows (dicts with ``index`` and the task's ``columns``) → a model-ready batch."""
 
+    @abc.abstractmethod
     def sums(self) -> dict[str, int]:
-        raise NotImplementedError
+        """The summed metric states: ``{name: size}``."""
 
+    @abc.abstractmethod
     def output(self, call_model, batch: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """One forward of the (possibly masked) model → what :meth:`update` needs."""
 
+    @abc.abstractmethod
     def update(self, states: SumStates, out: Any, baseline: Any, batch: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Add one batch of one condition (``baseline`` = the unmasked output of the same batch)."""
 
+    @abc.abstractmethod
     def finalize(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
-        raise NotImplementedError
+        """Summed states (all ranks) → ``{metric: value}``."""
 
 
 def _token_logprobs(logits: torch.Tensor, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
