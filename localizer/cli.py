@@ -141,7 +141,7 @@ def _extract(argv: list[str]) -> int:
     cfg = _parse(parser, argv)
     from localizer.extract import extract
 
-    trainer = {k: v for k, v in cfg.trainer.as_dict().items()}
+    trainer = cfg.trainer.as_dict()
     selection = None
     if cfg.selection:
         selection = (cfg.selection, _selection_options(cfg))

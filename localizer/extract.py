@@ -16,7 +16,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
             tokenizer: str | None = None, transform: str | Callable | None = None, padding_side: str = "right",
             max_length: int | None = None, num_workers: int = 0, overwrite: bool = False,
             trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
-            selection: tuple[str | os.PathLike, Any] | None = None) -> Path:
+            selection: tuple[str | os.PathLike, Any] | None = None, source: str | None = None) -> Path:
     """Record pooled activations of ``model`` on ``stimuli`` into the HDF5 file ``out``.
 
     Args:
@@ -36,6 +36,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
         selection: ``(path, SelectionOptions)`` to also compute the selection online (a
             :class:`localizer.selectivity.SelectivityCallback`) and write it to ``path``; TensorBoard logs then go to
             ``lightning_logs/`` unless ``trainer`` names a logger.
+        source: the name to record as the stimulus source when ``stimuli`` is a dataset (e.g. a built-in name).
 
     Returns:
         the path of the master file.
@@ -50,7 +51,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
 
     out = Path(out)
     check_output(out, overwrite)
-    provenance = {}
+    provenance = {"stimuli": source} if source else {}
     if isinstance(stimuli, (str, os.PathLike)):
         provenance = {"stimuli": _source_name(stimuli), "control": _source_name(control) if control else None}
         stimuli = load_stimuli(stimuli, control)

@@ -57,7 +57,6 @@ def trace(model: nn.Module, layers: list[str],
         stop_after_all: raise :class:`StopForward` once every layer has fired (the caller catches it), which skips
             the rest of the network (e.g. a language-model head) when only recording.
     """
-    modules = dict(model.named_modules())
     seen: set[str] = set()
     handles = []
 
@@ -73,7 +72,7 @@ def trace(model: nn.Module, layers: list[str],
 
     try:
         for name in layers:
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
+            handles.append(model.get_submodule(name).register_forward_hook(make_hook(name)))
         yield
     finally:
         for h in handles:

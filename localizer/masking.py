@@ -88,8 +88,12 @@ def ablate(model: nn.Module, edits: dict[str, tuple[torch.Tensor, torch.Tensor]]
         edits: from :func:`unit_edits`.
         pooling: the pooling the selection was made with (decides where a unit lives in the layer output).
     """
-    names = {n for n, _ in model.named_modules()}
-    missing = [layer for layer in edits if layer not in names]
+    missing = []
+    for layer in edits:
+        try:
+            model.get_submodule(layer)
+        except AttributeError:
+            missing.append(layer)
     if missing:
         raise LocalizerError(f"layers {missing} of the selection are not modules of this model; was the selection "
                              f"made on another model?")

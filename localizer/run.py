@@ -34,11 +34,10 @@ def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "a
         trainer: ``lightning.Trainer`` keyword arguments.
         seed: the seed of the untrained copy's initialization.
     """
-    import torch
-
+    from localizer.ablation import run_ablation
     from localizer.extract import extract
     from localizer.models import load_model
-    from localizer.report import print_run_summary
+    from localizer.report import log_exemplars, print_run_summary
     from localizer.selection import SelectionOptions
     from localizer.selectivity import select_from_file
     from localizer.stimuli import load_stimuli, modality
@@ -70,45 +69,23 @@ def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "a
     for label, folder, lm in runs:
         folder.mkdir(parents=True, exist_ok=True)
         acts = extract(lm, data, folder / "activations.h5", layers=layers, pooling=pooling, batch_size=batch_size,
-                       max_length=max_length, overwrite=True, trainer=trainer)
-        _stamp_source(acts, stimuli)
+                       max_length=max_length, overwrite=True, trainer=trainer, source=stimuli)
         result = select_from_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
-        from localizer.report import log_exemplars
-
         log_exemplars(acts, result, data, log_dir, folder)
         docs = {}
         for spec in tasks:
-            from localizer.ablation import run_ablation
-
             docs[spec["task"]] = run_ablation(
                 folder / "selection.h5", spec["task"], task_data=spec.get("data"), loaded=lm,
                 method=ablate.get("method", "zero"), n_controls=ablate.get("n_controls"), sweep=ablate.get("sweep"),
                 out=folder / f"results_{spec['task']}.json", batch_size=ablate.get("batch_size", 8),
                 max_length=max_length, log_dir=log_dir, trainer=trainer, png_dir=folder)
         summary[label] = {"selection": result, "ablation": docs}
-        if _is_rank_zero():
-            text = io.StringIO()
-            with redirect_stdout(text):
-                print_run_summary(f"{model} ({label})" if untrained else model, stimuli, result, docs)
-            (folder / "summary.txt").write_text(text.getvalue())
-            print(text.getvalue(), end="")
-    torch.set_grad_enabled(True)
+        text = io.StringIO()
+        with redirect_stdout(text):
+            print_run_summary(f"{model} ({label})" if untrained else model, stimuli, result, docs)
+        (folder / "summary.txt").write_text(text.getvalue())
+        print(text.getvalue(), end="")
     return summary
-
-
-def _is_rank_zero() -> bool:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return rank_zero_only.rank == 0
-
-
-def _stamp_source(acts: Path, stimuli: str) -> None:
-    """Record the stimulus source in the activation file (for ablation's default task data)."""
-    import h5py
-
-    if _is_rank_zero():
-        with h5py.File(acts, "a") as f:
-            f.attrs["stimuli"] = str(stimuli)
 
 
 def _untrained_copy(loaded, seed: int):
