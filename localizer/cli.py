@@ -51,7 +51,15 @@ def _extract_parser():
                    help="last | mean (text; default last), channel | flat | mean (images; default channel)")
     p.add_argument("--batch_size", "--batch-size", type=int, default=32, help="stimuli per forward pass")
     p.add_argument("--out", type=str, required=True, help="the activation file to write (.h5)")
-    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing --out")
+    p.add_argument("--overwrite", action=ActionYesNo, default=False,
+                   help="replace an existing --out (and discard a partial extraction into it)")
+    p.add_argument("--resume", action=ActionYesNo, default=False,
+                   help="continue a killed extraction (also done without this flag when the settings match); "
+                        "an error if there is nothing to resume")
+    p.add_argument("--segment_mb", "--segment-mb", type=float, default=64.0,
+                   help="commit recorded rows to disk every this many MB per process (what a crash can lose)")
+    p.add_argument("--nan_policy", "--nan-policy", type=str, default="error",
+                   help="error (stop at the first NaN/inf activation, naming layer and stimulus) | allow (record)")
     p.add_argument("--tokenizer", type=str, default=None, help="tokenizer for a package.module:callable model")
     p.add_argument("--transform", type=str, default=None,
                    help="package.module:callable mapping a PIL image to a [C,H,W] tensor")
@@ -149,7 +157,7 @@ def _extract(argv: list[str]) -> int:
                    batch_size=cfg.batch_size, control=cfg.control, tokenizer=cfg.tokenizer, transform=cfg.transform,
                    padding_side=cfg.padding_side, max_length=cfg.max_length, num_workers=cfg.num_workers,
                    overwrite=cfg.overwrite, trust_remote_code=cfg.trust_remote_code, trainer=trainer,
-                   selection=selection)
+                   selection=selection, resume=cfg.resume, segment_mb=cfg.segment_mb, nan_policy=cfg.nan_policy)
     from lightning.pytorch.utilities import rank_zero_info
 
     rank_zero_info(f"wrote {path}")

@@ -22,18 +22,23 @@ from localizer.errors import LocalizerError, first_line
 from localizer.stimuli import modality as stimulus_modality
 
 class IndexedRows(Dataset):
-    """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present."""
+    """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present.
 
-    def __init__(self, rows, columns: tuple[str, ...] = ("text", "image", "positive", "split", "label")):
-        self.rows = rows
+    ``indices`` (int ``[M]``, optional) serves only those rows, in that order (a resumed extraction).
+    """
+
+    def __init__(self, rows, columns: tuple[str, ...] = ("text", "image", "positive", "split", "label"),
+                 indices=None):
+        self.rows, self.indices = rows, None if indices is None else [int(i) for i in indices]
         self.columns = [c for c in columns if c in rows.column_names]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) if self.indices is None else len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i) if self.indices is None else self.indices[int(i)]
         try:
-            row = self.rows[int(i)]
+            row = self.rows[i]
         except Exception as e:  # image decoding errors come in many types
             raise LocalizerError(f"stimulus {i}: cannot be read ({first_line(e)})") from e
         return {"index": int(i), **{c: row[c] for c in self.columns}}
@@ -94,8 +99,13 @@ class LocalizerDataModule(L.LightningDataModule):
         self.kind = stimulus_modality(stimuli)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.collate = Collate(self.kind, None if transform is not None else processor, transform, max_length)
+        self.indices = None
+
+    def restrict(self, indices) -> None:
+        """Serve only these dataset rows (int ``[M]``, ascending) — what a resumed extraction still needs."""
+        self.indices = indices
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(IndexedRows(self.stimuli), batch_size=self.batch_size, shuffle=False,
+        return DataLoader(IndexedRows(self.stimuli, indices=self.indices), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=self.collate,
                           persistent_workers=self.num_workers > 0)

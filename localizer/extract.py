@@ -16,7 +16,8 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
             tokenizer: str | None = None, transform: str | Callable | None = None, padding_side: str = "right",
             max_length: int | None = None, num_workers: int = 0, overwrite: bool = False,
             trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
-            selection: tuple[str | os.PathLike, Any] | None = None, source: str | None = None) -> Path:
+            selection: tuple[str | os.PathLike, Any] | None = None, source: str | None = None,
+            resume: bool = False, segment_mb: float = 64.0, nan_policy: str = "error") -> Path:
     """Record pooled activations of ``model`` on ``stimuli`` into the HDF5 file ``out``.
 
     Args:
@@ -30,7 +31,11 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
         control: with a two-source stimulus set, the control source.
         tokenizer / transform / padding_side / max_length / trust_remote_code: see :func:`localizer.models.load_model`.
         num_workers: DataLoader workers.
-        overwrite: replace an existing ``out``.
+        overwrite: replace an existing ``out`` and discard any partial extraction into it.
+        resume: require a partial extraction to continue (an error when there is none; a no-op when ``out`` is
+            complete). Without it, a partial extraction made with the same settings is continued anyway.
+        segment_mb: commit recorded rows every this many MB per rank (a crash loses at most one segment per rank).
+        nan_policy: ``error`` (stop at the first NaN/inf, naming layer and stimulus) or ``allow``.
         trainer: keyword arguments for ``lightning.Trainer`` (``accelerator``, ``devices``, ``strategy``,
             ``num_nodes``, ...).
         selection: ``(path, SelectionOptions)`` to also compute the selection online (a
@@ -46,11 +51,25 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     from localizer.data import LocalizerDataModule
     from localizer.models import LoadedModel, load_model
     from localizer.recording import ActivationRecorder
-    from localizer.stimuli import load_stimuli, modality, validate_stimuli
-    from localizer.storage import HDF5ActivationWriter
+    from localizer.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
+    from localizer.storage import HDF5ActivationWriter, committed_rows
 
+    from localizer.storage import NAN_POLICIES
+
+    if nan_policy not in NAN_POLICIES:
+        raise LocalizerError(f"unknown --nan_policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
+    if not segment_mb > 0:
+        raise LocalizerError(f"--segment_mb must be positive, got {segment_mb}")
     out = Path(out)
+    if resume and not overwrite and out.exists():
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"{out} is complete; nothing to resume")
+        return out
     check_output(out, overwrite)
+    prior = 0 if overwrite else committed_rows(out)
+    if resume and not prior:
+        raise LocalizerError(f"{out}: nothing to resume (no recorded segments); run without --resume")
     provenance = {"stimuli": source} if source else {}
     if isinstance(stimuli, (str, os.PathLike)):
         provenance = {"stimuli": _source_name(stimuli), "control": _source_name(control) if control else None}
@@ -66,12 +85,24 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=batch_size,
                                num_workers=num_workers, max_length=max_length)
     kwargs = {**TRAINER_DEFAULTS, **(trainer or {})}
-    writer = HDF5ActivationWriter(out, provenance, n_stimuli=len(stimuli))
+    key = {"format_version": 1, "model": loaded.name, "model_class": loaded.model_class,
+           "weights": weights_fingerprint(loaded.model), "layers": recorder.layers, "pooling": recorder.pooling,
+           "n_stimuli": len(stimuli), "stimuli": fingerprint(stimuli), "max_length": max_length,
+           "tokenizer": tokenizer, "transform": transform if isinstance(transform, str) or transform is None
+           else getattr(transform, "__qualname__", type(transform).__name__)}
+    mode = "fresh" if overwrite else "resume" if resume else "auto"
+    writer = HDF5ActivationWriter(out, provenance, n_stimuli=len(stimuli), resume_key=key, mode=mode,
+                                  segment_mb=segment_mb, nan_policy=nan_policy)
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]
+    if prior:
+        from lightning.pytorch.utilities import rank_zero_info
+
+        rank_zero_info(f"resuming {out}: {prior} of {len(stimuli)} stimuli already recorded")
     if selection is not None:
+        check_output(Path(selection[0]), overwrite)
+    if selection is not None and not prior:
         from localizer.selectivity import SelectivityCallback
 
-        check_output(Path(selection[0]), overwrite)
         kwargs["callbacks"].append(SelectivityCallback(selection[0], selection[1], metadata=provenance))
         if kwargs.get("logger") is False and "logger" not in (trainer or {}):
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -82,7 +113,29 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
         raise LocalizerError(f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most "
                              f"{len(stimuli)} devices x nodes")
     trainer_.predict(recorder, datamodule=data, return_predictions=False)
+    if selection is not None and prior and trainer_.is_global_zero:  # the online statistics saw only this attempt
+        from localizer.selectivity import select_from_file
+
+        select_from_file(out, selection[0], selection[1])
     return out
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 over every parameter's and buffer's name, shape, dtype and first 4096 values (cheap for any size)."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    for name, t in tensors:
+        head = t.detach().reshape(-1)[:4096].to("cpu")
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        if head.dtype == torch.bfloat16:
+            head = head.float()
+        if head.device.type != "meta":
+            h.update(head.numpy().tobytes())
+    return h.hexdigest()
 
 
 def check_output(out: Path, overwrite: bool) -> None:

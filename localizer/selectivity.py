@@ -284,8 +284,10 @@ def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             x = torch.from_numpy(np.concatenate([d[r0:r1] for d in dsets], axis=1))
-            if torch.isnan(x).any():
-                raise LocalizerError(f"{activations}: NaN activations in rows {r0}..{r1 - 1} (an incomplete file?)")
+            if not torch.isfinite(x).all():
+                row = r0 + int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
+                raise LocalizerError(f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
+                                     f"recorded with --nan_policy allow); `localizer check` lists them")
             stats.update(x, positive[r0:r1], group[r0:r1])
             if halves is not None:
                 halves.update(x, positive[r0:r1], torch.where(group[r0:r1] == LOCALIZE, half_of[r0:r1], -1))

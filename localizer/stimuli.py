@@ -91,6 +91,21 @@ def validate_stimuli(ds: "datasets.Dataset", name: str = "stimuli") -> "datasets
     return ds
 
 
+def fingerprint(ds: "datasets.Dataset") -> str:
+    """SHA-256 of a stimulus set's rows as Arrow data (texts, or image bytes/paths, and every other column)."""
+    import hashlib
+
+    import pyarrow as pa
+
+    h = hashlib.sha256()
+    for batch in ds.with_format("arrow").iter(batch_size=4096):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_table(batch)
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
+
+
 def modality(ds: "datasets.Dataset") -> str:
     """``"text"`` or ``"image"``: which stimulus column the set has."""
     return "text" if "text" in ds.column_names else "image"

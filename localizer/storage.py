@@ -1,25 +1,32 @@
-"""Activation files: per-rank HDF5 shards written while recording, one master file over them.
+"""Activation files: resumable per-rank HDF5 segments written while recording, one master file over them.
 
 File format (version 1), the contract every later command reads:
 
 - ``/activations/<layer>``: float32 ``[N, U_layer]``; row ``i`` is stimulus ``i`` of the dataset. In the master
-  these are HDF5 *virtual datasets* over the shards (source paths relative to the master file, fill value NaN).
+  these are HDF5 *virtual datasets* over the segment files (source paths relative to the master file, fill value
+  NaN).
 - ``/positive``: bool ``[N]``; ``/index``: int64 ``[N]`` equal to ``0..N-1``; ``/split``: utf-8 strings ``[N]``
   when the stimuli have a split column.
 - root attributes: ``format_version`` (1), ``model``, ``model_class``, ``pooling``, ``layers`` (JSON list, recording
   order), ``n_stimuli``, ``created`` (ISO 8601, UTC); ``stimuli`` (and ``control``): the stimulus source(s), when
   given as paths or ids.
 
-Shards live in ``<master>.shards/rank-RRRRR-of-WWWWW.h5``; each holds its rank's rows in the order it processed them,
-with their dataset indices in ``/index``. The master is written under a temporary name and renamed, and only when the
-shards together cover ``0..N-1`` exactly once.
+Crash safety. Each rank appends its rows to ``<master>.shards/part-AAAA-RRRRR-SSSSSS.h5.part`` (attempt, rank,
+sequence number) together with their dataset indices in ``/index``; every ``segment_mb`` MB (or ``segment_minutes``)
+the segment is closed, flushed to disk and renamed to ``...h5``: a file with that name is complete by construction,
+and at most one open segment per rank is lost when a process dies. ``<master>.shards/run.json`` records what the
+extraction is (model, layers, pooling, stimulus fingerprint, ...); a rerun with the same settings skips the rows of
+every committed segment and records only the rest. The master is written under a temporary name and renamed, and
+only when the committed segments together cover ``0..N-1`` exactly once: the rename is the completion marker.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
+import signal
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,29 +39,46 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from localizer.errors import LocalizerError
 
 FORMAT_VERSION = 1
-_SHARD_RE = re.compile(r"rank-(\d{5})-of-(\d{5})\.h5\Z")
+NAN_POLICIES = ("error", "allow")
 _STR = h5py.string_dtype("utf-8")
+_MANIFEST = "run.json"
 
 
 def shard_dir(master: str | os.PathLike) -> Path:
-    """The folder holding a master file's shards."""
+    """The folder holding a master file's segments."""
     master = Path(master)
     return master.with_name(master.name + ".shards")
 
 
-def shard_path(master: str | os.PathLike, rank: int, world_size: int) -> Path:
-    return shard_dir(master) / f"rank-{rank:05d}-of-{world_size:05d}.h5"
+def segment_files(master: str | os.PathLike) -> list[Path]:
+    """The committed segments of ``master``, in name order (``part-*.h5``; open ones end in ``.part``)."""
+    folder = shard_dir(master)
+    return sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
 
 
-class _ShardWriter:
-    """Appends rows to one rank's shard; nothing is kept in memory beyond HDF5's chunk cache."""
+def _failpoint(name: str, rank: int) -> None:
+    """Fault injection for the crash tests: ``LOCALIZER_FAILPOINT=NAME[@RANK]`` SIGKILLs this process at ``NAME``."""
+    spec = os.environ.get("LOCALIZER_FAILPOINT")
+    if spec:
+        point, _, only = spec.partition("@")
+        if point == name and (not only or int(only) == rank):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _SegmentWriter:
+    """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
+
+    Nothing is kept in memory beyond HDF5's chunk cache.
+    """
 
     def __init__(self, path: Path, chunk_bytes: int = 1 << 18):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.chunk_bytes = path, chunk_bytes
-        self.file = h5py.File(path, "w", rdcc_nbytes=4 << 20)
+        self.tmp = path.with_name(path.name + ".part")
+        self.file = h5py.File(self.tmp, "w", rdcc_nbytes=4 << 20)
         self.file.attrs["complete"] = False
-        self.rows = 0
+        self.rows = self.nbytes = 0
+        self.started = time.monotonic()
         self.file.create_dataset("index", (0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
         self.file.create_dataset("positive", (0,), maxshape=(None,), dtype=bool, chunks=(4096,))
         self.group = self.file.create_group("activations")
@@ -82,55 +106,228 @@ class _ShardWriter:
                                      f"batches; 'flat' pooling needs inputs of one size")
             ds.resize((n + b, ds.shape[1]))
             ds[n:] = a
+            self.nbytes += a.nbytes
         self.rows += b
 
-    def close(self, layers: list[str]) -> None:
+    def commit(self, layers: list[str]) -> Path:
+        """Mark complete, close, fsync and rename: from here on the rows survive any crash."""
         self.file.attrs["layers"] = json.dumps(layers)
         self.file.attrs["n_rows"] = self.rows
         self.file.attrs["complete"] = True
         self.file.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (_MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, folder / _MANIFEST)
+
+
+def committed_rows(master: str | os.PathLike) -> int:
+    """How many rows the committed segments of ``master`` hold (read only; 0 when there are none)."""
+    total = 0
+    for path in segment_files(master):
+        try:
+            with h5py.File(path, "r") as f:
+                total += int(f.attrs.get("n_rows", 0))
+        except OSError:
+            pass
+    return total
+
+
+def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = "auto") -> tuple[int, np.ndarray]:
+    """Decide what an extraction into ``out`` records; called once, by rank 0, before any row is written.
+
+    Args:
+        key: what determines the rows' values (model, layers, pooling, stimulus fingerprint, ...); ``None``
+            disables resuming.
+        mode: ``"auto"`` resume when the committed segments were made with the same ``key``, else start over
+            (refusing when they were made with another key); ``"resume"`` as auto but an error when there is
+            nothing to resume; ``"fresh"`` discard earlier segments and the master.
+
+    Returns:
+        ``(attempt, done)``: this attempt's number and the dataset indices already recorded (int64 ``[D]``).
+    """
+    out = Path(out)
+    folder = shard_dir(out)
+    manifest = _read_manifest(folder)
+    segments = segment_files(out)
+    if mode == "fresh" or key is None or not segments or manifest is None:
+        if mode == "resume" and key is not None:
+            raise LocalizerError(f"{out}: nothing to resume (no recorded segments in {folder}); run without --resume")
+        out.unlink(missing_ok=True)
+        if folder.exists():
+            shutil.rmtree(folder)
+        _write_manifest(folder, {"key": key, "attempt": 0})
+        return 0, np.zeros(0, dtype=np.int64)
+    if manifest.get("key") != key:
+        old = manifest.get("key") or {}
+        diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
+        raise LocalizerError(f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
+                             f"pass --overwrite to discard it")
+    done = []
+    for path in segments:
+        try:
+            with h5py.File(path, "r") as f:
+                done.append(f["index"][:])
+        except (OSError, KeyError) as e:
+            raise LocalizerError(f"segment {path} is unreadable ({e}); pass --overwrite to start over") from e
+    done = np.concatenate(done).astype(np.int64)
+    if len(np.unique(done)) != len(done):
+        raise LocalizerError(f"{folder}: the recorded segments hold some stimuli twice; pass --overwrite to start over")
+    for stale in folder.glob("*.part"):
+        stale.unlink()
+    attempt = int(manifest.get("attempt", 0)) + 1
+    _write_manifest(folder, {"key": key, "attempt": attempt})
+    return attempt, done
 
 
 class HDF5ActivationWriter(BasePredictionWriter):
-    """Stream the recorder's per-batch activations to per-rank shards; rank 0 then writes the master file.
+    """Stream the recorder's per-batch activations to resumable per-rank segments; rank 0 then writes the master.
 
     Args:
         out: the master file path (``.h5``).
         metadata: root attributes to record (``model``, ``model_class``, ``pooling``); by default read from the
             LightningModule (:class:`localizer.recording.ActivationRecorder`).
         n_stimuli: the dataset size N; by default the length of the predict dataloader's dataset.
+        resume_key: what determines the recorded values (see :func:`plan_resume`); with it (and ``n_stimuli``) a
+            rerun skips the rows already committed. Without it every run starts over.
+        mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`plan_resume`).
+        segment_mb / segment_minutes: commit the open segment when it holds this many MB of activations or is this
+            old (a crash loses at most that much work per rank).
+        nan_policy: ``"error"`` stop at the first NaN/inf activation, naming the layer and the stimulus index;
+            ``"allow"`` record them and warn at the end (``localizer check`` reports them; such units are never
+            selected).
 
     The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
-    :class:`localizer.data.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``.
+    :class:`localizer.data.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``. When the
+    datamodule has a ``restrict(indices)`` method (LocalizerDataModule does), a resumed run only computes the rows
+    that are missing; otherwise rows already recorded are computed and dropped.
     """
 
-    def __init__(self, out: str | os.PathLike, metadata: dict[str, Any] | None = None, n_stimuli: int | None = None):
+    def __init__(self, out: str | os.PathLike, metadata: dict[str, Any] | None = None, n_stimuli: int | None = None,
+                 *, resume_key: dict[str, Any] | None = None, mode: str = "auto", segment_mb: float = 64.0,
+                 segment_minutes: float = 10.0, nan_policy: str = "error"):
         super().__init__(write_interval="batch")
+        if nan_policy not in NAN_POLICIES:
+            raise LocalizerError(f"unknown nan policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
+        if mode not in ("auto", "resume", "fresh"):
+            raise LocalizerError(f"unknown mode {mode!r}; choose auto, resume or fresh")
+        if segment_mb <= 0 or segment_minutes <= 0:
+            raise LocalizerError("segment size and age must be positive")
         self.out = Path(out)
         self.metadata = dict(metadata or {})
         self.n_stimuli = n_stimuli
-        self._shard: _ShardWriter | None = None
+        self.resume_key = None if n_stimuli is None else resume_key
+        self.mode = mode
+        self.segment_bytes, self.segment_seconds = segment_mb * 2 ** 20, segment_minutes * 60
+        self.nan_policy = nan_policy
+        self.resumed_rows = 0
+        self._segment: _SegmentWriter | None = None
+        self._seq = self._attempt = 0
+        self._done: np.ndarray | None = None
+        self._nonfinite: list[tuple[str, int, int]] = []  # (layer, first stimulus, count) under "allow"
 
-    def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and self.out.exists():
-            self.out.unlink()  # never leave an old master pointing at shards that are being rewritten
-        self._shard = _ShardWriter(shard_path(self.out, trainer.global_rank, trainer.world_size))
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        plan = error = None
+        if trainer.is_global_zero:
+            try:
+                plan = plan_resume(self.out, self.resume_key, self.mode)
+            except LocalizerError as e:
+                error = str(e)
+        error, plan = trainer.strategy.broadcast((error, plan), src=0)
+        if error:
+            raise LocalizerError(error)
+        self._attempt, done = plan
+        self._seq, self.resumed_rows = 0, len(done)
+        self._done = None
+        if len(done):
+            self._done = np.zeros(self.n_stimuli, dtype=bool)
+            self._done[done] = True
+            restrict = getattr(trainer.datamodule, "restrict", None)
+            if restrict is not None:
+                todo = np.flatnonzero(~self._done)
+                if len(todo) < trainer.world_size:  # every rank needs a batch to reach on_predict_end
+                    todo = np.sort(np.concatenate([todo, done[: trainer.world_size - len(todo)]]))
+                restrict(todo)
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
+        index = batch["index"].cpu().numpy().astype(np.int64)
         acts = {layer: t.detach().to("cpu", torch.float32).numpy() for layer, t in prediction.items()}
-        self._shard.append(batch["index"].cpu().numpy().astype(np.int64), batch["positive"].cpu().numpy(),
-                           batch.get("split"), acts)
+        self._check_finite(index, acts)
+        positive, split = batch["positive"].cpu().numpy(), batch.get("split")
+        if self._done is not None:
+            keep = ~self._done[index]
+            if not keep.all():
+                index, positive = index[keep], positive[keep]
+                split = None if split is None else [s for s, k in zip(split, keep) if k]
+                acts = {layer: a[keep] for layer, a in acts.items()}
+            if not len(index):
+                return
+        if self._segment is None:
+            name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
+            self._segment = _SegmentWriter(shard_dir(self.out) / name)
+        self._segment.append(index, positive, split, acts)
+        if (self._segment.nbytes >= self.segment_bytes
+                or time.monotonic() - self._segment.started >= self.segment_seconds):
+            self._commit(trainer, pl_module)
+
+    def _commit(self, trainer, pl_module) -> None:
+        _failpoint(f"before-commit:{self._seq}", trainer.global_rank)
+        self._segment.commit(list(getattr(pl_module, "layers", [])))
+        self._segment = None
+        _failpoint(f"after-commit:{self._seq}", trainer.global_rank)
+        self._seq += 1
+
+    def _check_finite(self, index: np.ndarray, acts: dict[str, np.ndarray]) -> None:
+        for layer, a in acts.items():
+            bad_rows = ~np.isfinite(a).all(axis=1)
+            if bad_rows.any():
+                first, count = int(index[np.argmax(bad_rows)]), int(bad_rows.sum())
+                if self.nan_policy == "error":
+                    more = f" (and {count - 1} more stimuli of this batch)" if count > 1 else ""
+                    raise LocalizerError(f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
+                                         f"check the model and inputs, or record them with --nan_policy allow")
+                self._nonfinite.append((layer, first, count))
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._segment is not None:  # an error, not a crash: nothing in the open segment is kept
+            self._segment.discard()
+            self._segment = None
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        layers = list(getattr(pl_module, "layers", []))
-        self._shard.close(layers)
-        self._shard = None
+        if self._segment is not None:
+            self._commit(trainer, pl_module)
+        if self._nonfinite:
+            layer, first, _ = self._nonfinite[0]
+            rows = sum(c for _, _, c in self._nonfinite)
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(f"rank {trainer.global_rank}: {rows} recorded rows hold NaN/inf activations (first: layer "
+                           f"{layer!r}, stimulus {first}); `localizer check {self.out}` lists them")
         trainer.strategy.barrier()
         error = None
         if trainer.is_global_zero:
             try:
-                write_master(self.out, trainer.world_size, self._n_stimuli(trainer), self._metadata(pl_module))
+                _failpoint("before-master", 0)
+                write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module))
             except LocalizerError as e:
                 error = str(e)
         error = trainer.strategy.broadcast(error, src=0)
@@ -172,32 +369,29 @@ def _runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
     return runs
 
 
-def write_master(out: str | os.PathLike, world_size: int, n_stimuli: int, metadata: dict[str, Any]) -> Path:
-    """Write the master file over the ``world_size`` shards of ``out`` (see the module docstring).
+def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any]) -> Path:
+    """Write the master file over the committed segments of ``out`` (see the module docstring).
 
     Raises:
-        LocalizerError: a shard is missing or incomplete, or the shards do not cover ``0..N-1`` exactly once.
+        LocalizerError: a segment is incomplete, or the segments do not cover ``0..N-1`` exactly once.
     """
     out = Path(out)
-    shards = [shard_path(out, r, world_size) for r in range(world_size)]
     infos = []
-    for path in shards:
-        if not path.exists():
-            raise LocalizerError(f"{out}: shard {path} is missing")
+    for path in segment_files(out):
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete", False):
-                raise LocalizerError(f"{out}: shard {path} is incomplete")
+                raise LocalizerError(f"{out}: segment {path} is incomplete")
             infos.append({
                 "path": path, "index": f["index"][:], "positive": f["positive"][:],
                 "split": f["split"].asstr()[:] if "split" in f else None,
                 "units": {layer: ds.shape[1] for layer, ds in f["activations"].items()},
             })
-    index = np.concatenate([i["index"] for i in infos])
+    index = np.concatenate([i["index"] for i in infos] or [np.zeros(0, dtype=np.int64)])
     counts = np.bincount(index[(index >= 0) & (index < n_stimuli)], minlength=n_stimuli)
     outside = int(((index < 0) | (index >= n_stimuli)).sum())
     if outside or len(index) != n_stimuli or (counts != 1).any():
         missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
-        raise LocalizerError(f"{out}: shards hold {len(index)} rows for {n_stimuli} stimuli "
+        raise LocalizerError(f"{out}: the segments hold {len(index)} rows for {n_stimuli} stimuli "
                              f"({len(missing)} missing, e.g. {missing[:5].tolist()}; {len(dup)} duplicated, e.g. "
                              f"{dup[:5].tolist()}; {outside} out of range); refusing to write the master file")
     layers = list(metadata.get("layers") or [])
@@ -207,7 +401,7 @@ def write_master(out: str | os.PathLike, world_size: int, n_stimuli: int, metada
     for layer in layers:
         sizes = {info["units"][layer] for info in infos if layer in info["units"]}
         if len(sizes) != 1:
-            raise LocalizerError(f"{out}: layer {layer!r} has unit counts {sorted(sizes)} across shards")
+            raise LocalizerError(f"{out}: layer {layer!r} has unit counts {sorted(sizes)} across segments")
         units[layer] = sizes.pop()
 
     positive = np.zeros(n_stimuli, dtype=bool)
@@ -247,10 +441,8 @@ def write_master(out: str | os.PathLike, world_size: int, n_stimuli: int, metada
             if key not in ("layers", "model", "model_class", "pooling") and value is not None:
                 f.attrs[key] = str(value)
     os.replace(tmp, out)
-    for stale in shard_dir(out).iterdir():
-        m = _SHARD_RE.match(stale.name)
-        if m and int(m.group(2)) != world_size:
-            stale.unlink()
+    for stale in shard_dir(out).glob("*.part"):
+        stale.unlink()
     return out
 
 

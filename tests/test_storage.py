@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from localizer.errors import LocalizerError
-from localizer.storage import _ShardWriter, _runs, read_metadata, shard_path, write_master
+from localizer.storage import _runs, _SegmentWriter, read_metadata, shard_dir, write_master
 
 META = {"model": "m", "model_class": "C", "pooling": "last", "layers": ["a", "b"]}
 
@@ -17,12 +17,16 @@ def write_shards(out, parts, units=(3, 5), seed=0):
     rng = np.random.default_rng(seed)
     table = {layer: rng.normal(size=(100, u)).astype(np.float32) for layer, u in zip("ab", units)}
     for rank, idx in enumerate(parts):
-        w = _ShardWriter(shard_path(out, rank, len(parts)))
+        w = _SegmentWriter(segment(out, rank))
         idx = np.asarray(idx, dtype=np.int64)
         for chunk in np.array_split(idx, max(1, len(idx) // 3)) if len(idx) else []:
             w.append(chunk, chunk % 2 == 0, [f"s{i}" for i in chunk], {k: v[chunk] for k, v in table.items()})
-        w.close(["a", "b"])
+        w.commit(["a", "b"])
     return table
+
+
+def segment(out, rank, seq=0):
+    return shard_dir(out) / f"part-0000-{rank:05d}-{seq:06d}.h5"
 
 
 @pytest.mark.parametrize("parts", [
@@ -34,7 +38,7 @@ def test_master_rows_follow_dataset_indices(tmp_path, parts):
     out = tmp_path / "m.h5"
     table = write_shards(out, parts)
     n = sum(len(p) for p in parts)
-    write_master(out, len(parts), n, META)
+    write_master(out, n, META)
     with h5py.File(out) as f:
         for layer in "ab":
             assert f[f"activations/{layer}"].is_virtual
@@ -56,20 +60,24 @@ def test_master_refused_unless_exact_cover(tmp_path, parts, expected):
     out = tmp_path / "m.h5"
     write_shards(out, parts)
     with pytest.raises(LocalizerError, match="refusing") as e:
-        write_master(out, 2, 10, META)
+        write_master(out, 10, META)
     assert expected in str(e.value)
     assert not out.exists() and not (tmp_path / "m.h5.tmp").exists()
 
 
-def test_incomplete_or_missing_shard_refused(tmp_path):
+def test_open_or_incomplete_segments_are_not_used(tmp_path):
     out = tmp_path / "m.h5"
     write_shards(out, [np.arange(4)])
-    with pytest.raises(LocalizerError, match="missing"):
-        write_master(out, 2, 4, META)
-    with h5py.File(shard_path(out, 0, 1), "a") as f:
+    w = _SegmentWriter(segment(out, 1))  # an open segment (a crashed rank) is not a committed one
+    w.append(np.arange(4, 6), np.ones(2, bool), None, {"a": np.zeros((2, 3), np.float32)})
+    w.file.flush()
+    with pytest.raises(LocalizerError, match="2 missing, e.g. \\[4, 5\\]"):
+        write_master(out, 6, META)
+    w.discard()
+    with h5py.File(segment(out, 0), "a") as f:
         f.attrs["complete"] = False
     with pytest.raises(LocalizerError, match="incomplete"):
-        write_master(out, 1, 4, META)
+        write_master(out, 4, META)
 
 
 def test_runs_cover_every_row_once():
