@@ -1,0 +1,152 @@
+"""A killed extraction resumes into a master file equal to an uninterrupted run.
+
+Real `localizer extract` subprocesses are SIGKILLed at several points: by fault injection (``LOCALIZER_FAILPOINT``,
+which makes the process SIGKILL itself at a named point: after a segment is committed, with a segment fully written but
+not yet renamed, with the master written but not yet renamed, on one DDP rank only) and from outside at a random moment.
+Each is rerun with the same command (or ``--resume``) and compared with an uninterrupted run. Batch size 1 and one
+thread per process make every row's computation identical across runs, so contents are compared exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import make_texts, write_jsonl
+
+N = 30
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def command(gpt2_dir, stimuli, out, *extra):
+    return [sys.executable, "-m", "localizer", "extract", "--model", str(gpt2_dir), "--stimuli", str(stimuli),
+            "--out", str(out), "--batch-size", "1", "--pooling", "mean", "--segment_mb", "0.0005",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *map(str, extra)]
+
+
+def run(cmd, failpoint=None):
+    env = {**os.environ, **ENV}
+    env.pop("LOCALIZER_FAILPOINT", None)
+    if failpoint:
+        env["LOCALIZER_FAILPOINT"] = failpoint
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def contents(path):
+    with h5py.File(path, "r") as f:
+        out = {"attrs": {k: v for k, v in f.attrs.items() if k != "created"}}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[:]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def assert_same(a, b):
+    assert sorted(a) == sorted(b)
+    assert a["attrs"].keys() == b["attrs"].keys()
+    for k in a["attrs"]:
+        if k != "stimuli":  # the stimulus path differs by folder only
+            assert a["attrs"][k] == b["attrs"][k], k
+    for name in a:
+        if name != "attrs":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def rows_by_attempt(out):
+    rows = {}
+    for p in (out.parent / (out.name + ".shards")).glob("part-*.h5"):
+        with h5py.File(p) as f:
+            attempt = int(p.name.split("-")[1])
+            rows.setdefault(attempt, []).extend(f["index"][:].tolist())
+    return rows
+
+
+@pytest.fixture(scope="module")
+def setup(gpt2_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("resume")
+    stimuli = write_jsonl(d / "s.jsonl", make_texts(N, seed=5))
+    r = run(command(gpt2_dir, stimuli, d / "ref.h5"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = contents(d / "ref.h5")
+    assert not np.isnan(ref["activations/transformer.h.1"]).any()
+    return gpt2_dir, stimuli, ref
+
+
+def test_killed_twice_then_resumed(setup, tmp_path):
+    gpt2_dir, stimuli, ref = setup
+    out = tmp_path / "a.h5"
+    cmd = command(gpt2_dir, stimuli, out)
+    first = run(cmd, "after-commit:1")  # killed right after its second segment was committed
+    assert first.returncode == -signal.SIGKILL
+    assert not out.exists() and not out.with_name("a.h5.tmp").exists()
+    done0 = rows_by_attempt(out)[0]
+    assert 0 < len(done0) < N
+
+    second = run(cmd, "before-commit:2")  # killed with a segment written but not renamed
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    assert f"resuming {out}: {len(done0)} of {N} stimuli already recorded" in second.stderr + second.stdout
+    assert list((tmp_path / "a.h5.shards").glob("*.part")) and not out.exists()
+
+    third = run(cmd + ["--resume"])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert_same(contents(out), ref)
+    rows = rows_by_attempt(out)
+    assert sorted(sum(rows.values(), [])) == list(range(N))  # every row recorded once, none recomputed and kept
+    assert set(rows[0]) == set(done0) and len(rows) == 3
+    assert not list((tmp_path / "a.h5.shards").glob("*.part"))
+
+
+def test_killed_before_the_master_rename(setup, tmp_path):
+    gpt2_dir, stimuli, ref = setup
+    out = tmp_path / "b.h5"
+    cmd = command(gpt2_dir, stimuli, out)
+    first = run(cmd, "before-master")
+    assert first.returncode == -signal.SIGKILL
+    assert not out.exists()  # every segment is committed, but there is no master: nothing looks complete
+    assert sorted(rows_by_attempt(out)[0]) == list(range(N))
+    second = run(cmd)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_same(contents(out), ref)
+    assert list(rows_by_attempt(out)) == [0]  # nothing re-recorded
+    again = run(cmd + ["--resume"])
+    assert again.returncode == 0 and "is complete; nothing to resume" in again.stderr + again.stdout
+
+
+def test_killed_from_outside_at_a_random_moment(setup, tmp_path):
+    gpt2_dir, stimuli, ref = setup
+    out = tmp_path / "c.h5"
+    cmd = command(gpt2_dir, stimuli, out)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV},
+                            start_new_session=True)
+    folder = tmp_path / "c.h5.shards"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(folder.glob("part-*.h5"))) < 3 and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not out.exists()
+    resumed = run(cmd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {out}" in resumed.stderr + resumed.stdout
+    assert_same(contents(out), ref)
+
+
+def test_one_ddp_rank_killed(setup, tmp_path):
+    gpt2_dir, stimuli, ref = setup
+    out = tmp_path / "d.h5"
+    cmd = command(gpt2_dir, stimuli, out, "--trainer.devices", 2, "--trainer.strategy", "ddp")
+    first = run(cmd, "after-commit:2@1")  # rank 1 dies alone; Lightning then stops rank 0
+    assert first.returncode != 0
+    assert not out.exists()
+    done0 = rows_by_attempt(out)[0]
+    assert any(i % 2 == 1 for i in done0)  # rank 1 had committed rows before it died
+    second = run(cmd)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert_same(contents(out), ref)
+    rows = rows_by_attempt(out)
+    assert sorted(sum(rows.values(), [])) == list(range(N)) and set(rows[0]) == set(done0)
