@@ -18,6 +18,7 @@ commands:
   select    per-unit selectivity (Welch t, FDR, Cohen's d) from an activation file; pick the network + controls
   ablate    rerun a task with the selected units silenced, against random control sets
   run       extract -> select -> ablate in one command (no arguments: the language localizer on gemma-3-270m)
+  check     verify activation / selection files (format, shapes, index coverage, NaN/inf, segment files)
 
 Run `localizer COMMAND --help` for a command's options."""
 
@@ -274,7 +275,32 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate, "run": _run}
+def _check(argv: list[str]) -> int:
+    from jsonargparse import ArgumentParser
+
+    p = ArgumentParser(prog="localizer check", exit_on_error=False, description=(
+        "Verify activation and selection files: format version, shapes, /index = 0..N-1 with no gap or duplicate, "
+        "no NaN/inf, every segment file present, complete and mapped to its own stimuli. Exit status: 0 all files "
+        "OK, 1 a problem was found (one line each), 2 bad usage."))
+    p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
+    cfg = _parse(p, argv)
+    from localizer.integrity import check_file
+
+    status = 0
+    for path in cfg.files:
+        kind, summary, problems = check_file(path)
+        if problems:
+            status = 1
+            print(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
+                  + (f" ({summary})" if summary else ""))
+            for problem in problems:
+                print(f"  {path}: {problem}")
+        else:
+            print(f"{path}: OK ({summary})")
+    return status
+
+
+COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate, "run": _run, "check": _check}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -329,6 +329,8 @@ def write_selection(path: str | os.PathLike, layout: UnitLayout, stats: dict[str
 def read_selection(path: str | os.PathLike) -> dict[str, Any]:
     """Read a selection file → ``{"attrs", "layers", "stats": {layer: {name: [U_layer]}}, "mask": {layer: ...},
     "controls": {kind: [{layer: mask}, ...]}, "validation_t": {layer: t} | None}``."""
+    if not Path(path).is_file():
+        raise LocalizerError(f"{path} does not exist" if not Path(path).exists() else f"{path} is not a file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -71,9 +71,9 @@ class _SegmentWriter:
     Nothing is kept in memory beyond HDF5's chunk cache.
     """
 
-    def __init__(self, path: Path, chunk_bytes: int = 1 << 18):
+    def __init__(self, path: Path, chunk_bytes: int = 1 << 18, max_bytes: float = float("inf")):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.chunk_bytes = path, chunk_bytes
+        self.path, self.chunk_bytes, self.max_bytes = path, chunk_bytes, max_bytes
         self.tmp = path.with_name(path.name + ".part")
         self.file = h5py.File(self.tmp, "w", rdcc_nbytes=4 << 20)
         self.file.attrs["complete"] = False
@@ -97,7 +97,8 @@ class _SegmentWriter:
         for layer, a in acts.items():
             if layer not in self.group:
                 units = a.shape[1]
-                rows = int(max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)))))
+                rows = int(max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)),
+                                      self.max_bytes // (4 * max(units, 1)))))  # small segments: small chunks
                 self.group.create_dataset(layer, (n, units), maxshape=(None, units), dtype=np.float32,
                                           chunks=(rows, units))
             ds = self.group[layer]
@@ -283,7 +284,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 return
         if self._segment is None:
             name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
-            self._segment = _SegmentWriter(shard_dir(self.out) / name)
+            self._segment = _SegmentWriter(shard_dir(self.out) / name, max_bytes=self.segment_bytes)
         self._segment.append(index, positive, split, acts)
         if (self._segment.nbytes >= self.segment_bytes
                 or time.monotonic() - self._segment.started >= self.segment_seconds):
@@ -349,6 +350,18 @@ class HDF5ActivationWriter(BasePredictionWriter):
         return meta
 
 
+def coverage(index: np.ndarray, n: int) -> str:
+    """How ``index`` (int ``[M]``) fails to cover ``0..n-1`` exactly once, in words; ``""`` when it does."""
+    inside = index[(index >= 0) & (index < n)]
+    counts = np.bincount(inside, minlength=n)
+    missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
+    outside = len(index) - len(inside)
+    parts = [f"{len(missing)} missing (e.g. {missing[:5].tolist()})" if len(missing) else "",
+             f"{len(dup)} duplicated (e.g. {dup[:5].tolist()})" if len(dup) else "",
+             f"{outside} out of range" if outside else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def _runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Split a shard's row → dataset-index map into strided runs ``(row0, index0, count, stride)``.
 
@@ -387,13 +400,10 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
                 "units": {layer: ds.shape[1] for layer, ds in f["activations"].items()},
             })
     index = np.concatenate([i["index"] for i in infos] or [np.zeros(0, dtype=np.int64)])
-    counts = np.bincount(index[(index >= 0) & (index < n_stimuli)], minlength=n_stimuli)
-    outside = int(((index < 0) | (index >= n_stimuli)).sum())
-    if outside or len(index) != n_stimuli or (counts != 1).any():
-        missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
-        raise LocalizerError(f"{out}: the segments hold {len(index)} rows for {n_stimuli} stimuli "
-                             f"({len(missing)} missing, e.g. {missing[:5].tolist()}; {len(dup)} duplicated, e.g. "
-                             f"{dup[:5].tolist()}; {outside} out of range); refusing to write the master file")
+    gaps = coverage(index, n_stimuli)
+    if gaps:
+        raise LocalizerError(f"{out}: the segments hold {len(index)} rows for {n_stimuli} stimuli ({gaps}); "
+                             f"refusing to write the master file")
     layers = list(metadata.get("layers") or [])
     for info in infos:
         layers += [layer for layer in info["units"] if layer not in layers]
@@ -448,6 +458,8 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes of an activation file, with ``layers`` decoded; checks the format version."""
+    if not Path(path).is_file():
+        raise LocalizerError(f"{path} does not exist" if not Path(path).exists() else f"{path} is not a file")
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)

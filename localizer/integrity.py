@@ -1,0 +1,255 @@
+"""`localizer check`: verify an activation file (with its segment files) or a selection file.
+
+:func:`check_file` returns ``(kind, summary, problems)``; every problem is one line that says what is wrong and
+where. Nothing is modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from localizer.errors import LocalizerError
+from localizer.storage import coverage
+
+CHUNK_BYTES = 16 << 20
+
+
+def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
+    """Check one file → ``(kind, summary, problems)``; kind is ``activations``, ``selection`` or ``unknown``.
+
+    Raises:
+        LocalizerError: the path does not exist or is a folder (bad input, not a damaged file).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LocalizerError(f"{path} does not exist")
+    if path.is_dir():
+        raise LocalizerError(f"{path} is a folder; give an .h5 file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return "unknown", "", [f"not a readable HDF5 file (truncated or corrupt?): {_short(e)}"]
+    with f:
+        try:
+            if "activations" in f:
+                return ("activations", *_check_activations(f, path))
+            if "mask" in f:
+                return ("selection", *_check_selection(f))
+        except OSError as e:  # damage below the root: a read failed
+            return "unknown", "", [f"cannot be read (truncated or corrupt?): {_short(e)}"]
+        return "unknown", "", ["neither an activation file (/activations) nor a selection file (/mask)"]
+
+
+def _version(f, problems: list[str]) -> None:
+    version = f.attrs.get("format_version")
+    if version != 1:
+        shown = version.item() if hasattr(version, "item") else version
+        problems.append(f"format_version is {shown!r}; this localizer reads version 1")
+
+
+def _layers(f, problems: list[str]) -> list[str]:
+    try:
+        layers = json.loads(f.attrs["layers"])
+        assert isinstance(layers, list) and all(isinstance(x, str) for x in layers)
+        return layers
+    except (KeyError, ValueError, TypeError, AssertionError):
+        problems.append("root attribute 'layers' is missing or not a JSON list of names")
+        return []
+
+
+def _check_activations(f, path: Path) -> tuple[str, list[str]]:
+    problems: list[str] = []
+    _version(f, problems)
+    layers = _layers(f, problems)
+    for key in ("model", "model_class", "pooling", "n_stimuli"):
+        if key not in f.attrs:
+            problems.append(f"root attribute {key!r} is missing")
+    n = int(f.attrs.get("n_stimuli", f["index"].shape[0] if "index" in f else 0))
+
+    if "index" not in f:
+        problems.append("/index is missing")
+    else:
+        index = f["index"][:]
+        if index.shape != (n,):
+            problems.append(f"/index has shape {index.shape}, expected ({n},)")
+        elif not np.array_equal(index, np.arange(n)):
+            problems.append(f"/index is not 0..{n - 1}: {coverage(index, n) or 'out of order'}")
+    positive = None
+    if "positive" not in f:
+        problems.append("/positive is missing")
+    else:
+        positive = f["positive"][:]
+        if positive.dtype != bool or positive.shape != (n,):
+            problems.append(f"/positive is {positive.dtype} {positive.shape}, expected bool ({n},)")
+            positive = None
+        elif positive.all() or not positive.any():
+            problems.append("/positive holds only one class")
+    if "split" in f:
+        split = f["split"].asstr()[:]
+        bad = sorted(set(split.tolist()) - {"localize", "validation", ""})
+        if split.shape != (n,) or bad:
+            problems.append(f"/split has shape {split.shape} (expected ({n},)) and unknown values {bad[:5]}")
+
+    group = f["activations"]
+    listed, present = set(layers), set(group)
+    if listed - present:
+        problems.append(f"layers listed but without a dataset: {sorted(listed - present)}")
+    if present - listed:
+        problems.append(f"datasets not listed in the 'layers' attribute: {sorted(present - listed)}")
+    units, sources = 0, {}
+    for layer in [x for x in layers if x in present]:
+        ds = group[layer]
+        if ds.ndim != 2 or ds.shape[0] != n or ds.dtype != np.float32:
+            problems.append(f"layer {layer!r}: dataset is {ds.dtype} {ds.shape}, expected float32 ({n}, units)")
+            continue
+        units += ds.shape[1]
+        if ds.is_virtual:
+            for vs in ds.virtual_sources():
+                sources.setdefault(vs.file_name, []).append((layer, vs))
+    if sources:
+        problems += _check_segments(path, n, positive, {x: group[x].shape[1] for x in layers if x in present},
+                                    sources)
+    problems += _check_finite(group, [x for x in layers if x in present and group[x].ndim == 2])
+    n_pos = int(positive.sum()) if positive is not None else "?"
+    summary = (f"activation file, format 1: {n} stimuli ({n_pos} positive), {len(layers)} layers, {units} units"
+               + (f", {len(sources)} segment files" if sources else ", stored in the file"))
+    return summary, problems
+
+
+def _rows(space) -> np.ndarray | None:
+    """The first-axis rows of a regular hyperslab selection (``None`` when it is not one)."""
+    try:
+        start, stride, count, block = space.get_regular_hyperslab()
+    except Exception:
+        return None
+    starts = start[0] + stride[0] * np.arange(count[0])
+    return (starts[:, None] + np.arange(block[0])[None, :]).ravel()
+
+
+def _check_segments(path: Path, n: int, positive, units: dict[str, int], sources: dict) -> list[str]:
+    """Every segment file exists, is complete, has the layers' shapes, and maps its rows to its own indices."""
+    problems, covered = [], []
+    for name, maps in sources.items():
+        seg = Path(name) if os.path.isabs(name) else path.parent / name
+        if not seg.exists():
+            problems.append(f"segment {seg} is missing (its rows read as NaN)")
+            continue
+        try:
+            with h5py.File(seg, "r") as s:
+                problems += _check_segment(s, seg, n, positive, units, maps, covered)
+        except OSError as e:
+            problems.append(f"segment {seg} is not a readable HDF5 file (truncated or corrupt?): {_short(e)}")
+    if covered:
+        index = np.concatenate(covered)
+        if coverage(index, n):
+            problems.append(f"the segments do not cover the {n} stimuli exactly once: {coverage(index, n)}")
+    return problems
+
+
+def _short(e: Exception) -> str:
+    return " ".join(str(e).split())[:160]
+
+
+def _check_segment(s, seg: Path, n: int, positive, units: dict[str, int], maps, covered: list) -> list[str]:
+    """One open segment: complete, its shapes, its labels, and its mapping to the master's rows."""
+    problems = []
+    if not s.attrs.get("complete", False):
+        problems.append(f"segment {seg} is not marked complete")
+    if "index" not in s:
+        return problems + [f"segment {seg} has no /index"]
+    index = s["index"][:]
+    covered.append(index)
+    if int(s.attrs.get("n_rows", -1)) != len(index):
+        problems.append(f"segment {seg}: n_rows {s.attrs.get('n_rows')} but {len(index)} indices")
+    inside = (index >= 0) & (index < n)
+    if positive is not None and "positive" in s and inside.all():
+        if not np.array_equal(s["positive"][:], positive[index]):
+            problems.append(f"segment {seg}: /positive disagrees with the master's")
+    for layer, vs in maps:
+        src = s.get(vs.dset_name)
+        if src is None or src.shape != (len(index), units[layer]):
+            shape = None if src is None else src.shape
+            problems.append(f"segment {seg}: {vs.dset_name} is {shape}, expected ({len(index)}, "
+                            f"{units[layer]})")
+            continue
+        vrows, srows = _rows(vs.vspace), _rows(vs.src_space)
+        if vrows is not None and srows is not None and (
+                len(vrows) != len(srows) or srows.max(initial=-1) >= len(index)
+                or not np.array_equal(index[srows], vrows)):
+            problems.append(f"segment {seg}: layer {layer!r} maps rows to the wrong stimuli")
+    return problems
+
+
+def _check_finite(group, layers: list[str]) -> list[str]:
+    problems = []
+    for layer in layers:
+        ds = group[layer]
+        step = max(1, CHUNK_BYTES // (4 * max(ds.shape[1], 1)))
+        rows, first = 0, None
+        for r0 in range(0, ds.shape[0], step):
+            try:
+                bad = ~np.isfinite(ds[r0:r0 + step]).all(axis=1)
+            except OSError as e:
+                problems.append(f"layer {layer!r}: stimuli {r0}..{min(r0 + step, ds.shape[0]) - 1} cannot be read "
+                                f"({_short(e)})")
+                break
+            if bad.any():
+                first = r0 + int(np.argmax(bad)) if first is None else first
+                rows += int(bad.sum())
+        if rows:
+            problems.append(f"layer {layer!r}: NaN/inf activations in {rows} rows (first: stimulus {first})")
+    return problems
+
+
+def _check_selection(f) -> tuple[str, list[str]]:
+    from localizer.selection import CONTROL_KINDS, STAT_NAMES
+
+    problems: list[str] = []
+    _version(f, problems)
+    layers = _layers(f, problems)
+    sizes = {}
+    for layer in layers:
+        m = f.get(f"mask/{layer}")
+        if m is None or m.ndim != 1 or m.dtype != bool:
+            problems.append(f"/mask/{layer} is missing or not a bool vector")
+            continue
+        sizes[layer] = m.shape[0]
+        for name in STAT_NAMES:
+            ds = f.get(f"layers/{layer}/{name}")
+            if ds is None or ds.shape != (m.shape[0],):
+                problems.append(f"/layers/{layer}/{name} is missing or not of shape ({m.shape[0]},)")
+                continue
+            values = ds[:]
+            if not np.isfinite(values).all():
+                problems.append(f"/layers/{layer}/{name} holds NaN/inf")
+            elif name in ("p", "q") and ((values < 0) | (values > 1)).any():
+                problems.append(f"/layers/{layer}/{name} holds values outside [0, 1]")
+    mask = np.concatenate([f[f"mask/{x}"][:] for x in sizes]) if sizes else np.zeros(0, bool)
+    n_sel = f.attrs.get("n_selected")
+    if n_sel is None or int(n_sel) != int(mask.sum()):
+        problems.append(f"n_selected is {n_sel} but the mask holds {int(mask.sum())} units")
+    n_sets = 0
+    for kind in f.get("controls", {}):
+        if kind not in CONTROL_KINDS:
+            problems.append(f"/controls/{kind} is not a known control kind")
+        for i in f[f"controls/{kind}"]:
+            n_sets += 1
+            try:
+                c = np.concatenate([f[f"controls/{kind}/{i}/{x}"][:] for x in sizes])
+            except KeyError:
+                problems.append(f"/controls/{kind}/{i} lacks some layers")
+                continue
+            if c.shape != mask.shape or c.dtype != bool:
+                problems.append(f"/controls/{kind}/{i} has {c.shape} units, the mask {mask.shape}")
+            elif (c & mask).any():
+                problems.append(f"/controls/{kind}/{i} overlaps the selection in {int((c & mask).sum())} units")
+            elif c.sum() != mask.sum():
+                problems.append(f"/controls/{kind}/{i} has {int(c.sum())} units, the selection {int(mask.sum())}")
+    summary = (f"selection file, format 1: {int(mask.sum())} of {mask.size} units selected in {len(layers)} layers, "
+               f"{n_sets} control sets")
+    return summary, problems
