@@ -243,7 +243,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._segment: _SegmentWriter | None = None
         self._seq = self._attempt = 0
         self._done: np.ndarray | None = None
-        self._nonfinite: list[tuple[str, int, int]] = []  # (layer, first stimulus, count) under "allow"
+        self._nonfinite: list[tuple[str, int]] = []  # the first (layer, stimulus) with NaN/inf, under "allow"
+        self._nonfinite_rows = 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         plan = error = None
@@ -257,6 +258,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
             raise LocalizerError(error)
         self._attempt, done = plan
         self._seq, self.resumed_rows = 0, len(done)
+        self._nonfinite, self._nonfinite_rows = [], 0
         self._done = None
         if len(done):
             self._done = np.zeros(self.n_stimuli, dtype=bool)
@@ -298,6 +300,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._seq += 1
 
     def _check_finite(self, index: np.ndarray, acts: dict[str, np.ndarray]) -> None:
+        bad_any = np.zeros(len(index), dtype=bool)
         for layer, a in acts.items():
             bad_rows = ~np.isfinite(a).all(axis=1)
             if bad_rows.any():
@@ -306,7 +309,10 @@ class HDF5ActivationWriter(BasePredictionWriter):
                     more = f" (and {count - 1} more stimuli of this batch)" if count > 1 else ""
                     raise LocalizerError(f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
                                          f"check the model and inputs, or record them with --nan_policy allow")
-                self._nonfinite.append((layer, first, count))
+                if not self._nonfinite:
+                    self._nonfinite.append((layer, first))
+                bad_any |= bad_rows
+        self._nonfinite_rows += int(bad_any.sum())
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if self._segment is not None:  # an error, not a crash: nothing in the open segment is kept
@@ -317,12 +323,11 @@ class HDF5ActivationWriter(BasePredictionWriter):
         if self._segment is not None:
             self._commit(trainer, pl_module)
         if self._nonfinite:
-            layer, first, _ = self._nonfinite[0]
-            rows = sum(c for _, _, c in self._nonfinite)
-            from lightning.pytorch.utilities import rank_zero_warn
+            layer, first = self._nonfinite[0]
+            import warnings
 
-            rank_zero_warn(f"rank {trainer.global_rank}: {rows} recorded rows hold NaN/inf activations (first: layer "
-                           f"{layer!r}, stimulus {first}); `localizer check {self.out}` lists them")
+            warnings.warn(f"rank {trainer.global_rank}: {self._nonfinite_rows} recorded rows hold NaN/inf activations "
+                          f"(first: layer {layer!r}, stimulus {first}); `localizer check {self.out}` lists them")
         trainer.strategy.barrier()
         error = None
         if trainer.is_global_zero:

@@ -108,3 +108,45 @@ def test_missing_path_is_a_usage_error(tmp_path, capsys):
     assert main(["check", str(tmp_path / "nope.h5")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"localizer check: error: {tmp_path / 'nope.h5'} does not exist"
+
+
+@pytest.fixture(scope="module")
+def nan_model(gpt2_dir, tmp_path_factory):
+    """The test GPT-2 with the embedding of the word 'river' set to NaN: stimuli containing it give NaN."""
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    d = tmp_path_factory.mktemp("nan_gpt2")
+    model = GPT2LMHeadModel.from_pretrained(gpt2_dir)
+    tok = AutoTokenizer.from_pretrained(gpt2_dir)
+    (word_id,) = tok("river")["input_ids"]
+    with torch.no_grad():
+        model.transformer.wte.weight[word_id] = float("nan")
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    return str(d), tok, word_id
+
+
+def test_nan_activations_stop_recording_with_layer_and_stimulus(nan_model, tmp_path, capsys):
+    model, tok, word_id = nan_model
+    rows = make_texts(20, seed=11)
+    first = next(i for i, r in enumerate(rows) if word_id in tok(r["text"])["input_ids"])  # by direct tokenization
+    n_bad = sum(word_id in tok(r["text"])["input_ids"] for r in rows)
+    assert 0 < first and n_bad < len(rows)
+    stimuli = write_jsonl(tmp_path / "s.jsonl", rows)
+    common = ["extract", "--model", model, "--stimuli", stimuli, "--pooling", "mean", "--batch_size", "4",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    assert main([*common, "--out", str(tmp_path / "a.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"localizer extract: error: layer 'transformer.h.0' gave NaN/inf activations for "
+                              f"stimulus {first}")
+    assert not (tmp_path / "a.h5").exists()
+
+    with pytest.warns(UserWarning, match=f"rank 0: {n_bad} recorded rows hold NaN/inf activations \\(first: layer "
+                      f"'transformer.h.0', stimulus {first}\\)"):
+        assert main([*common, "--out", str(tmp_path / "b.h5"), "--nan_policy", "allow"]) == 0
+    assert main(["check", str(tmp_path / "b.h5")]) == 1
+    out = capsys.readouterr().out
+    assert f"layer 'transformer.h.0': NaN/inf activations in {n_bad} rows (first: stimulus {first})" in out
+    assert main(["select", "--activations", str(tmp_path / "b.h5"), "--out", str(tmp_path / "s.h5")]) == 2
+    assert f"NaN/inf activations at stimulus {first}" in capsys.readouterr().err
