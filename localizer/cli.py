@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     except LocalizerError as e:
         print(f"localizer {argv[0]}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system or a damaged file, not a bug: one line, like any input error
+        print(f"localizer {argv[0]}: error: {' '.join(first_line(e).split())}", file=sys.stderr)
+        return 2
     except SystemExit as e:  # --help and --print_config end the parse with SystemExit(0)
         return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:

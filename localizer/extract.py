@@ -151,8 +151,14 @@ def check_output(out: Path, overwrite: bool) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LocalizerError(f"cannot create the output folder {parent}: {e.strerror}") from e
-    if not os.access(parent, os.W_OK):
-        raise LocalizerError(f"output folder {parent} is not writable")
+    import tempfile
+
+    try:  # a real probe: permission bits say nothing for root or on read-only mounts
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".localizer-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise LocalizerError(f"output folder {parent} is not writable ({e.strerror})") from e
 
 
 def _source_name(source: str | os.PathLike) -> str:

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torchmetrics import Metric
 
-from localizer.errors import LocalizerError
+from localizer.errors import LocalizerError, first_line
 from localizer.selection import (SelectionOptions, UnitLayout, dice, dice_chance, draw_controls, select_units,
                                  write_selection)
 from localizer.stats import Moments, batch_moments, empty_moments, fdr_bh, merge, merge_all, variance, welch
@@ -283,7 +283,11 @@ def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
         rows = max(1, chunk_bytes // (8 * max(layout.total, 1)))
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
-            x = torch.from_numpy(np.concatenate([d[r0:r1] for d in dsets], axis=1))
+            try:
+                x = torch.from_numpy(np.concatenate([d[r0:r1] for d in dsets], axis=1))
+            except OSError as e:  # a truncated or corrupt segment behind the virtual datasets
+                raise LocalizerError(f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
+                                     f"`localizer check {activations}` says which file is damaged") from e
             if not torch.isfinite(x).all():
                 row = r0 + int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
                 raise LocalizerError(f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "

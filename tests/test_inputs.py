@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import datasets
 import pytest
@@ -70,81 +68,7 @@ def test_datasetdict_splits_become_a_split_column(tmp_path):
     assert ds["split"] == ["localize"] * 6 + ["validation"] * 2
 
 
-# --- errors ------------------------------------------------------------------------------------------------------
-
-def test_unknown_layer_pattern_lists_candidates(capsys, gpt2_dir, text_file, tmp_path):
-    msg = cli_error(capsys, "extract", "--model", gpt2_dir, "--stimuli", text_file, "--layers", "transformer.x.*",
-                    "--out", tmp_path / "a.h5")
-    assert "'transformer.x.*' matches no module" in msg and "transformer.h.*" in msg
-    assert not (tmp_path / "a.h5").exists()
-
-
-@pytest.mark.parametrize("rows,expected", [
-    ([{"text": "a b", "label": 1}, {"text": "c", "label": 0}], "missing the bool column 'positive'"),
-    ([{"text": "a b", "positive": True}, {"text": "c", "positive": True}], "only one class present"),
-    ([{"text": "a b", "positive": 1}, {"text": "c", "positive": 0}], "'positive' must be bool"),
-    ([{"text": "a b", "positive": True}, {"text": "  ", "positive": False}], "stimulus 1 has an empty"),
-    ([{"text": "a", "positive": True, "split": "train"}, {"text": "b", "positive": False, "split": "validation"}],
-     "'split' may only hold"),
-    ([{"words": "a", "positive": True}, {"words": "b", "positive": False}], "exactly one of the columns"),
-])
-def test_bad_stimuli(capsys, gpt2_dir, tmp_path, rows, expected):
-    stimuli = write_jsonl(tmp_path / "bad.jsonl", rows)
-    msg = cli_error(capsys, "extract", "--model", gpt2_dir, "--stimuli", stimuli, "--out", tmp_path / "a.h5")
-    assert expected in msg and "bad.jsonl" in msg
-    assert not (tmp_path / "a.h5").exists()
-
-
-def test_unreadable_image(capsys, resnet_dir, tmp_path):
-    for sub in ("positive", "control"):
-        (tmp_path / "imgs" / sub).mkdir(parents=True)
-    from PIL import Image
-
-    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "positive" / "ok.png")
-    (tmp_path / "imgs" / "control" / "broken.png").write_bytes(b"\x89PNG not really")
-    msg = cli_error(capsys, "extract", "--model", resnet_dir, "--stimuli", tmp_path / "imgs",
-                    "--out", tmp_path / "a.h5")
-    assert "broken.png: unreadable image" in msg
-
-
-@pytest.mark.parametrize("case", ["model", "empty", "existing", "folder", "pooling", "more_procs", "option"])
-def test_other_input_errors(capsys, gpt2_dir, text_file, tmp_path, case):
-    args = {"model": gpt2_dir, "stimuli": text_file, "out": tmp_path / "a.h5"}
-    extra, expected = [], ""
-    if case == "model":
-        args["model"], expected = tmp_path / "nope", "not a model directory"
-    elif case == "empty":
-        (tmp_path / "e.jsonl").write_text("")
-        args["stimuli"], expected = tmp_path / "e.jsonl", "empty"
-    elif case == "existing":
-        (tmp_path / "a.h5").write_text("x")
-        expected = "exists; pass --overwrite"
-    elif case == "folder":
-        (tmp_path / "afile").write_text("")
-        args["out"], expected = tmp_path / "afile" / "a.h5", "is a file, not a folder"
-    elif case == "pooling":
-        extra, expected = ["--pooling", "channel"], "does not fit text stimuli"
-    elif case == "more_procs":
-        rows = make_texts(2)
-        args["stimuli"] = write_jsonl(tmp_path / "two.jsonl", rows)
-        extra = ["--trainer.accelerator", "cpu", "--trainer.devices", "3", "--trainer.strategy", "ddp"]
-        expected = "3 processes for 2 stimuli"
-    elif case == "option":
-        extra, expected = ["--no-such-option", "1"], "no-such-option"
-    msg = cli_error(capsys, "extract", *[x for k, v in args.items() for x in (f"--{k}", v)], *extra)
-    assert expected in msg
-    if case != "existing":
-        assert not (tmp_path / "a.h5").exists()
-
-
-def test_real_process_exit_code_and_no_traceback(tmp_path, gpt2_dir):
-    stimuli = write_jsonl(tmp_path / "one.jsonl", [{"text": "a", "positive": True}])
-    r = subprocess.run([sys.executable, "-m", "localizer", "extract", "--model", gpt2_dir, "--stimuli", stimuli,
-                        "--out", tmp_path / "a.h5"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("localizer extract: error:")
-
+# --- errors (the catalogue of bad input is tests/test_catalogue.py) --------------------------------------------
 
 def test_python_api_raises_localizer_error(gpt2_dir, tmp_path):
     stimuli = write_jsonl(tmp_path / "s.jsonl", [{"text": "a", "positive": True}, {"text": "b", "positive": False}])

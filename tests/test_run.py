@@ -69,8 +69,3 @@ def test_print_config_and_shipped_configs(capsys):
     faces = yaml.safe_load(capsys.readouterr().out)
     assert faces["model"] == "efficientnet-lite0" and faces["ablate"]["tasks"] == [{"task": "agreement", "data": None}]
     assert main(["run", "--config", "language", "--no_such_key", "1"]) == 2
-
-
-def test_run_refuses_several_processes(capsys):
-    assert main(["run", "--trainer.devices", "2"]) == 2
-    assert "single-process" in capsys.readouterr().err

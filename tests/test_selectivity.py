@@ -181,25 +181,6 @@ def test_selection_rules(tmp_path):
     assert total == r.layout.total
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--top", "0"], "--top must be in (0, 100]"),
-    (["--top", "101%"], "--top must be in (0, 100]"),
-    (["--top", "0.1%"], "k = 0 units"),
-    (["--bottom", "--fdr", "0.1"], "choose one of"),
-    (["--count", "5", "--fdr", "0.1"], "--count does not apply to --fdr"),
-    (["--alternative", "less"], "--alternative must be"),
-    (["--count", "148"], "only"),
-    (["--count", "70"], "layer-matched controls need"),
-])
-def test_selection_errors(capsys, tmp_path, args, expected):
-    layers, positive = synthetic(seed=4)
-    f = write_activation_file(tmp_path / "a.h5", layers, positive)
-    code = main(["select", "--activations", str(f), "--out", str(tmp_path / "s.h5"), *args])
-    err = capsys.readouterr().err
-    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "s.h5").exists()
-
-
 def test_validation_split_and_split_half(tmp_path):
     layers, positive = synthetic(seed=9, n_pos=60, n_ctl=60, planted=list(range(0, 150, 10)))
     n = len(positive)
