@@ -95,7 +95,7 @@ def bench_extraction(work: Path, args) -> dict:
     from localizer.data import LocalizerDataModule
     from localizer.models import load_model
 
-    n = 512 if args.quick else 2048
+    n = args.extraction_n or (512 if args.quick else 2048)
     model_dir = gpt2_dir(work, 12, 768)
     loaded = load_model(str(model_dir), "text")
     data = texts(n)
@@ -300,7 +300,7 @@ def bench_ablation(work: Path, args) -> dict:
 # --- 6. scaling ---------------------------------------------------------------------------------------------------
 
 def bench_scaling(work: Path, args) -> dict:
-    n = 512 if args.quick else 2048
+    n = args.extraction_n or (512 if args.quick else 2048)
     model_dir = gpt2_dir(work, 12, 768)
     path = work / "scale.jsonl"
     texts(n, seed=4).to_json(str(path))
@@ -333,6 +333,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 3; quick: 1)")
     p.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset of " + ", ".join(BENCHMARKS))
     p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--extraction_n", type=int, default=None, help="stimuli in the extraction benchmark (default 2048)")
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--workdir", default=None, help="keep models and files here (default: a temporary folder)")
     p.add_argument("--json", default=None, help="also write the results here")

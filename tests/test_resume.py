@@ -3,7 +3,8 @@
 Real `localizer extract` subprocesses are SIGKILLed at several points: by fault injection (``LOCALIZER_FAILPOINT``,
 which makes the process SIGKILL itself at a named point: after a segment is committed, with a segment fully written but
 not yet renamed, with the master written but not yet renamed, on one DDP rank only) and from outside at a random moment.
-Each is rerun with the same command (or ``--resume``) and compared with an uninterrupted run. Batch size 1 and one
+Each is rerun with the same command (or ``--resume``, or with another number of processes) and compared with an
+uninterrupted run. Batch size 1 and one
 thread per process make every row's computation identical across runs, so contents are compared exactly.
 """
 
@@ -117,7 +118,7 @@ def test_killed_before_the_master_rename(setup, tmp_path):
     assert again.returncode == 0 and "is complete; nothing to resume" in again.stderr + again.stdout
 
 
-def test_killed_from_outside_at_a_random_moment(setup, tmp_path):
+def test_killed_from_outside_at_a_random_moment_and_resumed_by_two_processes(setup, tmp_path):
     gpt2_dir, stimuli, ref = setup
     out = tmp_path / "c.h5"
     cmd = command(gpt2_dir, stimuli, out)
@@ -130,10 +131,13 @@ def test_killed_from_outside_at_a_random_moment(setup, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not out.exists()
-    resumed = run(cmd)
+    resumed = run(cmd + ["--trainer.devices", "2", "--trainer.strategy", "ddp"])  # resumed by 2 processes
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {out}" in resumed.stderr + resumed.stdout
     assert_same(contents(out), ref)
+    rows = rows_by_attempt(out)
+    assert sorted(sum(rows.values(), [])) == list(range(N))
+    assert {int(p.name.split("-")[2]) for p in (tmp_path / "c.h5.shards").glob("part-0001-*.h5")} == {0, 1}
 
 
 def test_one_ddp_rank_killed(setup, tmp_path):
