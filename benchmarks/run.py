@@ -105,6 +105,7 @@ def bench_extraction(work: Path, args) -> dict:
     batches = [{k: v.to(device) for k, v in b.items() if k in ("input_ids", "attention_mask")} for b in loader]
 
     def bare():
+        loaded.model.to(device)  # like extract, which moves the model in (and Lightning moves it back out)
         with torch.inference_mode():
             for b in batches:
                 loaded.model(**b)
