@@ -211,13 +211,17 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
     path = resolve_model_path(spec)
     try:
         config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # remote code (when allowed) can fail in any way
+        if not isinstance(e, (OSError, ValueError)) and not trust_remote_code:
+            raise
         raise LocalizerError(f"model {spec!r}: not a model directory, short name ({', '.join(SHORT_NAMES)}) or "
                              f"reachable hub id: {first_line(e)}") from e
     cls = _model_class(transformers, config, modality, model_class)
     try:
         model = cls.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:
+        if not isinstance(e, (OSError, ValueError)) and not trust_remote_code:
+            raise
         raise LocalizerError(f"model {spec!r}: cannot load weights as {cls.__name__}: {first_line(e)}") from e
     processor = None
     if modality == "text":
