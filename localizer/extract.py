@@ -52,7 +52,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     from localizer.models import LoadedModel, load_model
     from localizer.recording import ActivationRecorder
     from localizer.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
-    from localizer.storage import HDF5ActivationWriter, committed_rows
+    from localizer.storage import HDF5ActivationWriter, check_partial, committed_rows
 
     from localizer.storage import NAN_POLICIES
 
@@ -91,6 +91,8 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
            "tokenizer": tokenizer, "transform": transform if isinstance(transform, str) or transform is None
            else getattr(transform, "__qualname__", type(transform).__name__)}
     mode = "fresh" if overwrite else "resume" if resume else "auto"
+    if prior:
+        check_partial(out, key)  # before any process starts; the writer checks again, race-free, on rank 0
     writer = HDF5ActivationWriter(out, provenance, n_stimuli=len(stimuli), resume_key=key, mode=mode,
                                   segment_mb=segment_mb, nan_policy=nan_policy)
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]

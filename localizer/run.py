@@ -68,8 +68,8 @@ def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "a
     summary = {}
     for label, folder, lm in runs:
         folder.mkdir(parents=True, exist_ok=True)
-        acts = extract(lm, data, folder / "activations.h5", layers=layers, pooling=pooling, batch_size=batch_size,
-                       max_length=max_length, overwrite=True, trainer=trainer, source=stimuli)
+        acts = _extract_or_resume(lm, data, folder / "activations.h5", layers=layers, pooling=pooling,
+                                  batch_size=batch_size, max_length=max_length, trainer=trainer, source=stimuli)
         result = select_from_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
         log_exemplars(acts, result, data, log_dir, folder)
         docs = {}
@@ -113,3 +113,15 @@ def config_path(name: str) -> str:
     """A shipped config by name (``language``, ``faces``) → its path; anything else unchanged."""
     p = Path(__file__).resolve().parent / "configs" / f"{name}.yaml"
     return str(p) if p.exists() and not os.path.exists(name) else name
+
+
+def _extract_or_resume(model, data, path: Path, **kwargs) -> Path:
+    """A finished earlier run is replaced; a killed one with the same settings is continued; else start over."""
+    from localizer.extract import extract
+    from localizer.storage import SettingsMismatch
+
+    try:
+        return extract(model, data, path, overwrite=path.exists(), **kwargs)
+    except SettingsMismatch as e:
+        print(f"{e.args[0].split(' (')[0]}: starting over")
+        return extract(model, data, path, overwrite=True, **kwargs)

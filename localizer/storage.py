@@ -152,6 +152,26 @@ def committed_rows(master: str | os.PathLike) -> int:
     return total
 
 
+class SettingsMismatch(LocalizerError):
+    """A partial extraction into the same output was made with other settings."""
+
+
+def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
+    """Refuse to continue committed segments of ``out`` that were recorded with another ``key`` (read only).
+
+    Raises:
+        SettingsMismatch: naming every setting that differs.
+    """
+    folder = shard_dir(out)
+    manifest = _read_manifest(folder)
+    if manifest is None or not segment_files(out) or manifest.get("key") == key:
+        return
+    old = manifest.get("key") or {}
+    diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
+    raise SettingsMismatch(f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
+                           f"pass --overwrite to discard it")
+
+
 def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = "auto") -> tuple[int, np.ndarray]:
     """Decide what an extraction into ``out`` records; called once, by rank 0, before any row is written.
 
@@ -177,11 +197,7 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = 
             shutil.rmtree(folder)
         _write_manifest(folder, {"key": key, "attempt": 0})
         return 0, np.zeros(0, dtype=np.int64)
-    if manifest.get("key") != key:
-        old = manifest.get("key") or {}
-        diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
-        raise LocalizerError(f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
-                             f"pass --overwrite to discard it")
+    check_partial(out, key)
     done = []
     for path in segments:
         try:

@@ -69,3 +69,30 @@ def test_print_config_and_shipped_configs(capsys):
     faces = yaml.safe_load(capsys.readouterr().out)
     assert faces["model"] == "efficientnet-lite0" and faces["ablate"]["tasks"] == [{"task": "agreement", "data": None}]
     assert main(["run", "--config", "language", "--no_such_key", "1"]) == 2
+
+
+def test_run_continues_a_killed_extraction_and_restarts_a_foreign_one(gpt2_dir, text_file, tmp_path, capsys,
+                                                                      caplog):
+    from localizer import extract
+    from localizer.run import _extract_or_resume
+
+    cpu = {"accelerator": "cpu", "enable_progress_bar": False}
+    path = tmp_path / "activations.h5"
+    extract(gpt2_dir, text_file, path, layers="transformer.h.0", segment_mb=0.001, trainer=cpu)
+    with h5py.File(path) as f:
+        reference = f["activations/transformer.h.0"][:]
+    path.unlink()  # as if killed before the master's rename: every segment is committed
+    segments = sorted(p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5"))
+    _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.0", trainer=cpu)
+    assert "resuming" in caplog.text and "37 of 37 stimuli already recorded" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5")) == segments
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["activations/transformer.h.0"][:], reference)
+
+    path.unlink()
+    _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.1", trainer=cpu)  # other settings
+    assert "holds a partial extraction made with other settings: starting over" in capsys.readouterr().out
+    with h5py.File(path) as f:
+        assert list(f["activations"]) == ["transformer.h.1"]
+    _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.1", trainer=cpu)  # finished: replaced
+    assert list((tmp_path / "activations.h5.shards").glob("part-0001-*")) == []
