@@ -119,11 +119,26 @@ class _SegmentWriter:
         with open(self.tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(self.tmp, self.path)
+        _fsync_dir(self.path.parent)
         return self.path
 
     def discard(self) -> None:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (power loss); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -471,7 +486,10 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
         for key, value in metadata.items():  # extra provenance, e.g. the stimulus source
             if key not in ("layers", "model", "model_class", "pooling") and value is not None:
                 f.attrs[key] = str(value)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, out)
+    _fsync_dir(out.parent)
     for stale in shard_dir(out).glob("*.part"):
         stale.unlink()
     return out
