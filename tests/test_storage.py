@@ -97,3 +97,21 @@ def test_unknown_format_version(tmp_path):
         f.attrs["format_version"] = 99
     with pytest.raises(LocalizerError, match="format version 99"):
         read_metadata(p)
+
+
+@pytest.mark.parametrize("buffer_bytes", [1, 200, 1 << 23])  # flush every batch, every few batches, at commit
+def test_buffered_segment_writes_every_row_in_order(tmp_path, buffer_bytes):
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(23, 3)).astype(np.float32), rng.normal(size=(23, 5)).astype(np.float32)
+    w = _SegmentWriter(tmp_path / "s.h5", buffer_bytes=buffer_bytes)
+    for chunk in np.array_split(np.arange(23), 7):
+        w.append(chunk, chunk % 3 == 0, [f"s{i}" for i in chunk], {"a": a[chunk], "b": b[chunk]})
+    with pytest.raises(LocalizerError, match="changed size from 3 to 4 units"):
+        w.append(np.array([23]), np.array([True]), ["s23"], {"a": np.zeros((1, 4), np.float32), "b": b[:1]})
+    w.commit(["a", "b"])
+    with h5py.File(tmp_path / "s.h5") as f:
+        np.testing.assert_array_equal(f["activations/a"][:], a)
+        np.testing.assert_array_equal(f["activations/b"][:], b)
+        np.testing.assert_array_equal(f["index"][:], np.arange(23))
+        assert f["split"].asstr()[:].tolist() == [f"s{i}" for i in range(23)]
+        assert f.attrs["complete"] and f.attrs["n_rows"] == 23
