@@ -52,6 +52,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--accelerator", default="gpu", help="gpu; cpu only to smoke-test this script")
+    p.add_argument("--steps", default="1,2,3,4", help="which checks to run (comma-separated numbers)")
     args = p.parse_args()
     acc = args.accelerator
     work = Path(tempfile.mkdtemp())
@@ -74,7 +75,21 @@ def main():
                             "cuda_batch1_vs_batch32": diff(acts(work / "gpu_b1.h5"), gpu),
                             "seconds_cpu_cli": round(t_cpu, 1), "seconds_gpu_cli": round(t_gpu, 1)}
 
+    steps = set(args.steps.split(","))
     n_gpu = torch.cuda.device_count() if acc == "gpu" else 2
+    if "2" in steps:
+        ddp_check(common, acc, n_gpu, work, gpu, report)
+    if "3" in steps:
+        resume_check(common, acc, work, report)
+    if "4" in steps:
+        throughput(acc, work, report)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+def ddp_check(common, acc, n_gpu, work, gpu, report):
     r, t = cli(*common, "--out", work / "ddp.h5", "--trainer.accelerator", acc, "--trainer.devices", n_gpu,
                "--trainer.strategy", "ddp", "--selection", work / "online.h5", "--controls", 2)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -90,6 +105,8 @@ def main():
                        "online_vs_offline_t_max_rel": float(np.max(np.abs(t_on - t_off) / (np.abs(t_off) + 1e-9))),
                        "same_selection": same_mask, "seconds": round(t, 1)}
 
+
+def resume_check(common, acc, work, report):
     seg = ["--segment_mb", "0.05", "--batch_size", 8]
     r, _ = cli(*common, *seg, "--out", work / "ref.h5", "--trainer.accelerator", acc, "--trainer.devices", 1)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -105,14 +122,12 @@ def main():
                                                                                              acts(work / "ref.h5")),
                           "resume_message": [x for x in (r.stderr + r.stdout).splitlines() if "resuming" in x]}
 
+
+def throughput(acc, work, report):
     b = subprocess.run([sys.executable, str(HERE / "run.py"), "--only", "extraction", "--accelerator", acc,
                         "--extraction_n", "16384" if acc == "gpu" else "256", "--repeats", "3" if acc == "gpu" else "1", "--json", str(work / "bench.json")], capture_output=True, text=True,
                        timeout=900)
     report["4_throughput"] = json.loads((work / "bench.json").read_text()) if b.returncode == 0 else b.stderr[-3000:]
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":
