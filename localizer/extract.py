@@ -85,7 +85,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=batch_size,
                                num_workers=num_workers, max_length=max_length)
     kwargs = {**TRAINER_DEFAULTS, **(trainer or {})}
-    key = {"format_version": 1, "model": loaded.name, "model_class": loaded.model_class,
+    key = {"format_version": 1, "model": _source_name(loaded.name), "model_class": loaded.model_class,
            "weights": weights_fingerprint(loaded.model), "layers": recorder.layers, "pooling": recorder.pooling,
            "n_stimuli": len(stimuli), "stimuli": fingerprint(stimuli), "max_length": max_length,
            "tokenizer": tokenizer, "transform": transform if isinstance(transform, str) or transform is None
