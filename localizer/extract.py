@@ -17,7 +17,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
             max_length: int | None = None, num_workers: int = 0, overwrite: bool = False,
             trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
             selection: tuple[str | os.PathLike, Any] | None = None, source: str | None = None,
-            resume: bool = False, segment_mb: float = 64.0, nan_policy: str = "error") -> Path:
+            resume: bool = False, segment_mb: float = 1024.0, nan_policy: str = "error") -> Path:
     """Record pooled activations of ``model`` on ``stimuli`` into the HDF5 file ``out``.
 
     Args:
@@ -89,7 +89,8 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
            "weights": weights_fingerprint(loaded.model), "layers": recorder.layers, "pooling": recorder.pooling,
            "n_stimuli": len(stimuli), "stimuli": fingerprint(stimuli), "max_length": max_length,
            "tokenizer": tokenizer, "transform": transform if isinstance(transform, str) or transform is None
-           else getattr(transform, "__qualname__", type(transform).__name__)}
+           else getattr(transform, "__qualname__", type(transform).__name__), "padding_side": padding_side,
+           "precision": str((trainer or {}).get("precision") or "32-true"), "nan_policy": nan_policy}
     mode = "fresh" if overwrite else "resume" if resume else "auto"
     if prior:
         check_partial(out, key)  # before any process starts; the writer checks again, race-free, on rank 0

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from localizer.errors import LocalizerError
-from localizer.storage import coverage
+from localizer.storage import allow_sources, coverage
 
 CHUNK_BYTES = 16 << 20
 
@@ -40,15 +41,24 @@ def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
                 return ("activations", *_check_activations(f, path))
             if "mask" in f:
                 return ("selection", *_check_selection(f))
-        except OSError as e:  # damage below the root: a read failed
-            return "unknown", "", [f"cannot be read (truncated or corrupt?): {_short(e)}"]
+        except Exception as e:  # damage below the root that no section caught
+            return "unknown", "", [f"cannot be read (truncated or corrupt?): {type(e).__name__}: {_short(e)}"]
         return "unknown", "", ["neither an activation file (/activations) nor a selection file (/mask)"]
+
+
+@contextmanager
+def _section(problems: list[str], what: str):
+    """Any failure inside becomes one problem line: a damaged file must never end the check with a traceback."""
+    try:
+        yield
+    except Exception as e:
+        problems.append(f"{what} cannot be read ({type(e).__name__}: {_short(e)})")
 
 
 def _version(f, problems: list[str]) -> None:
     version = f.attrs.get("format_version")
-    if version != 1:
-        shown = version.item() if hasattr(version, "item") else version
+    if not (np.ndim(version) == 0 and version == 1):
+        shown = version.item() if np.ndim(version) == 0 and hasattr(version, "item") else version
         problems.append(f"format_version is {shown!r}; this localizer reads version 1")
 
 
@@ -69,52 +79,66 @@ def _check_activations(f, path: Path) -> tuple[str, list[str]]:
     for key in ("model", "model_class", "pooling", "n_stimuli"):
         if key not in f.attrs:
             problems.append(f"root attribute {key!r} is missing")
-    n = int(f.attrs.get("n_stimuli", f["index"].shape[0] if "index" in f else 0))
+    n = 0
+    with _section(problems, "root attribute 'n_stimuli'"):
+        n = int(f.attrs.get("n_stimuli", f["index"].shape[0] if "index" in f else 0))
 
-    if "index" not in f:
-        problems.append("/index is missing")
-    else:
-        index = f["index"][:]
-        if index.shape != (n,):
-            problems.append(f"/index has shape {index.shape}, expected ({n},)")
-        elif not np.array_equal(index, np.arange(n)):
-            problems.append(f"/index is not 0..{n - 1}: {coverage(index, n) or 'out of order'}")
+    with _section(problems, "/index"):
+        if not isinstance(f.get("index"), h5py.Dataset):
+            problems.append("/index is missing")
+        else:
+            index = f["index"][:]
+            if index.shape != (n,) or index.dtype.kind not in "iu":
+                problems.append(f"/index is {index.dtype} {index.shape}, expected int ({n},)")
+            elif not np.array_equal(index, np.arange(n)):
+                problems.append(f"/index is not 0..{n - 1}: {coverage(index, n) or 'out of order'}")
     positive = None
-    if "positive" not in f:
-        problems.append("/positive is missing")
-    else:
-        positive = f["positive"][:]
-        if positive.dtype != bool or positive.shape != (n,):
-            problems.append(f"/positive is {positive.dtype} {positive.shape}, expected bool ({n},)")
-            positive = None
-        elif positive.all() or not positive.any():
-            problems.append("/positive holds only one class")
+    with _section(problems, "/positive"):
+        if not isinstance(f.get("positive"), h5py.Dataset):
+            problems.append("/positive is missing")
+        else:
+            positive = f["positive"][:]
+            if positive.dtype != bool or positive.shape != (n,):
+                problems.append(f"/positive is {positive.dtype} {positive.shape}, expected bool ({n},)")
+                positive = None
+            elif positive.all() or not positive.any():
+                problems.append("/positive holds only one class")
     if "split" in f:
-        split = f["split"].asstr()[:]
-        bad = sorted(set(split.tolist()) - {"localize", "validation", ""})
-        if split.shape != (n,) or bad:
-            problems.append(f"/split has shape {split.shape} (expected ({n},)) and unknown values {bad[:5]}")
+        with _section(problems, "/split"):
+            split = f["split"].asstr()[:]
+            bad = sorted(set(split.tolist()) - {"localize", "validation", ""})
+            if split.shape != (n,) or bad:
+                problems.append(f"/split has shape {split.shape} (expected ({n},)) and unknown values {bad[:5]}")
 
     group = f["activations"]
+    if not isinstance(group, h5py.Group):
+        return "activation file", problems + ["/activations is not a group of datasets"]
     listed, present = set(layers), set(group)
     if listed - present:
         problems.append(f"layers listed but without a dataset: {sorted(listed - present)}")
     if present - listed:
         problems.append(f"datasets not listed in the 'layers' attribute: {sorted(present - listed)}")
     units, sources = 0, {}
+    good = []
     for layer in [x for x in layers if x in present]:
-        ds = group[layer]
-        if ds.ndim != 2 or ds.shape[0] != n or ds.dtype != np.float32:
-            problems.append(f"layer {layer!r}: dataset is {ds.dtype} {ds.shape}, expected float32 ({n}, units)")
-            continue
-        units += ds.shape[1]
-        if ds.is_virtual:
-            for vs in ds.virtual_sources():
-                sources.setdefault(vs.file_name, []).append((layer, vs))
+        with _section(problems, f"layer {layer!r}"):
+            ds = group[layer]
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 2 or ds.shape[0] != n or ds.dtype != np.float32:
+                shown = f"{ds.dtype} {ds.shape}" if isinstance(ds, h5py.Dataset) else "a group"
+                problems.append(f"layer {layer!r}: dataset is {shown}, expected float32 ({n}, units)")
+                continue
+            units += ds.shape[1]
+            good.append(layer)
+            if ds.is_virtual:
+                for vs in ds.virtual_sources():
+                    sources.setdefault(vs.file_name, []).append((layer, vs))
     if sources:
-        problems += _check_segments(path, n, positive, {x: group[x].shape[1] for x in layers if x in present},
-                                    sources)
-    problems += _check_finite(group, [x for x in layers if x in present and group[x].ndim == 2])
+        try:
+            allow_sources(path)
+        except LocalizerError as e:
+            problems.append(str(e))
+        problems += _check_segments(path, n, positive, {x: group[x].shape[1] for x in good}, sources)
+    problems += _check_finite(group, good)
     n_pos = int(positive.sum()) if positive is not None else "?"
     summary = (f"activation file, format 1: {n} stimuli ({n_pos} positive), {len(layers)} layers, {units} units"
                + (f", {len(sources)} segment files" if sources else ", stored in the file"))
@@ -144,6 +168,8 @@ def _check_segments(path: Path, n: int, positive, units: dict[str, int], sources
                 problems += _check_segment(s, seg, n, positive, units, maps, covered)
         except OSError as e:
             problems.append(f"segment {seg} is not a readable HDF5 file (truncated or corrupt?): {_short(e)}")
+        except Exception as e:
+            problems.append(f"segment {seg} is damaged ({type(e).__name__}: {_short(e)})")
     if covered:
         index = np.concatenate(covered)
         if coverage(index, n):
@@ -163,6 +189,8 @@ def _check_segment(s, seg: Path, n: int, positive, units: dict[str, int], maps, 
     if "index" not in s:
         return problems + [f"segment {seg} has no /index"]
     index = s["index"][:]
+    if index.ndim != 1 or index.dtype.kind not in "iu":
+        return problems + [f"segment {seg}: /index is {index.dtype} {index.shape}, expected int (rows,)"]
     covered.append(index)
     if int(s.attrs.get("n_rows", -1)) != len(index):
         problems.append(f"segment {seg}: n_rows {s.attrs.get('n_rows')} but {len(index)} indices")
@@ -194,7 +222,7 @@ def _check_finite(group, layers: list[str]) -> list[str]:
         for r0 in range(0, ds.shape[0], step):
             try:
                 bad = ~np.isfinite(ds[r0:r0 + step]).all(axis=1)
-            except OSError as e:
+            except Exception as e:
                 problems.append(f"layer {layer!r}: stimuli {r0}..{min(r0 + step, ds.shape[0]) - 1} cannot be read "
                                 f"({_short(e)})")
                 break
@@ -207,32 +235,52 @@ def _check_finite(group, layers: list[str]) -> list[str]:
 
 
 def _check_selection(f) -> tuple[str, list[str]]:
-    from localizer.selection import CONTROL_KINDS, STAT_NAMES
-
     problems: list[str] = []
     _version(f, problems)
     layers = _layers(f, problems)
-    sizes = {}
+    sizes: dict[str, int] = {}
     for layer in layers:
-        m = f.get(f"mask/{layer}")
-        if m is None or m.ndim != 1 or m.dtype != bool:
-            problems.append(f"/mask/{layer} is missing or not a bool vector")
-            continue
-        sizes[layer] = m.shape[0]
-        for name in STAT_NAMES:
-            ds = f.get(f"layers/{layer}/{name}")
-            if ds is None or ds.shape != (m.shape[0],):
-                problems.append(f"/layers/{layer}/{name} is missing or not of shape ({m.shape[0]},)")
-                continue
-            values = ds[:]
-            if not np.isfinite(values).all():
-                problems.append(f"/layers/{layer}/{name} holds NaN/inf")
-            elif name in ("p", "q") and ((values < 0) | (values > 1)).any():
-                problems.append(f"/layers/{layer}/{name} holds values outside [0, 1]")
-    mask = np.concatenate([f[f"mask/{x}"][:] for x in sizes]) if sizes else np.zeros(0, bool)
+        with _section(problems, f"layer {layer!r}"):
+            _check_selection_layer(f, layer, sizes, problems)
+    mask = np.zeros(0, bool)
+    with _section(problems, "/mask"):
+        mask = np.concatenate([f[f"mask/{x}"][:] for x in sizes]) if sizes else np.zeros(0, bool)
     n_sel = f.attrs.get("n_selected")
-    if n_sel is None or int(n_sel) != int(mask.sum()):
+    if n_sel is None or np.ndim(n_sel) != 0 or int(n_sel) != int(mask.sum()):
         problems.append(f"n_selected is {n_sel} but the mask holds {int(mask.sum())} units")
+    n_sets = 0
+    with _section(problems, "/controls"):
+        n_sets = _check_controls(f, sizes, mask, problems)
+    summary = (f"selection file, format 1: {int(mask.sum())} of {mask.size} units selected in {len(layers)} layers, "
+               f"{n_sets} control sets")
+    return summary, problems
+
+
+def _check_selection_layer(f, layer: str, sizes: dict[str, int], problems: list[str]) -> None:
+    """One layer's mask and statistics: present, of one size, finite, p and q in [0, 1]."""
+    from localizer.selection import STAT_NAMES
+
+    m = f.get(f"mask/{layer}")
+    if not isinstance(m, h5py.Dataset) or m.ndim != 1 or m.dtype != bool:
+        problems.append(f"/mask/{layer} is missing or not a bool vector")
+        return
+    sizes[layer] = m.shape[0]
+    for name in STAT_NAMES:
+        ds = f.get(f"layers/{layer}/{name}")
+        if not isinstance(ds, h5py.Dataset) or ds.shape != (m.shape[0],):
+            problems.append(f"/layers/{layer}/{name} is missing or not of shape ({m.shape[0]},)")
+            continue
+        values = ds[:]
+        if not np.isfinite(values).all():
+            problems.append(f"/layers/{layer}/{name} holds NaN/inf")
+        elif name in ("p", "q") and ((values < 0) | (values > 1)).any():
+            problems.append(f"/layers/{layer}/{name} holds values outside [0, 1]")
+
+
+def _check_controls(f, sizes: dict[str, int], mask: np.ndarray, problems: list[str]) -> int:
+    """Every control set: of the selection's size and disjoint from it. Returns the number of sets."""
+    from localizer.selection import CONTROL_KINDS
+
     n_sets = 0
     for kind in f.get("controls", {}):
         if kind not in CONTROL_KINDS:
@@ -250,6 +298,4 @@ def _check_selection(f) -> tuple[str, list[str]]:
                 problems.append(f"/controls/{kind}/{i} overlaps the selection in {int((c & mask).sum())} units")
             elif c.sum() != mask.sum():
                 problems.append(f"/controls/{kind}/{i} has {int(c.sum())} units, the selection {int(mask.sum())}")
-    summary = (f"selection file, format 1: {int(mask.sum())} of {mask.size} units selected in {len(layers)} layers, "
-               f"{n_sets} control sets")
-    return summary, problems
+    return n_sets

@@ -164,9 +164,12 @@ def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: 
     grid (``exemplars/images``) in TensorBoard (``log_dir/exemplars``), and ``exemplars.md``/``.png`` in png_dir."""
     import h5py
 
+    from localizer.storage import allow_sources
+
     units = top_units(result, n_units)
     use_abs = bool(result.attrs.get("abs"))
     rows = []
+    allow_sources(activations)
     with h5py.File(activations, "r") as f:
         for layer, u, t in units:
             x = f[f"activations/{layer}"][:, u]

@@ -35,7 +35,6 @@ def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "a
         seed: the seed of the untrained copy's initialization.
     """
     from localizer.ablation import run_ablation
-    from localizer.extract import extract
     from localizer.models import load_model
     from localizer.report import log_exemplars, print_run_summary
     from localizer.selection import SelectionOptions

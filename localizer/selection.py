@@ -338,8 +338,8 @@ def read_selection(path: str | os.PathLike) -> dict[str, Any]:
     with f:
         attrs = dict(f.attrs)
         version = attrs.get("format_version")
-        if version != FORMAT_VERSION or "mask" not in f:
-            shown = version.item() if hasattr(version, "item") else version
+        if not (np.ndim(version) == 0 and version == FORMAT_VERSION) or "mask" not in f:
+            shown = version.item() if np.ndim(version) == 0 and hasattr(version, "item") else version
             raise LocalizerError(f"{path}: not a selection file of format version {FORMAT_VERSION} "
                                  f"(format_version={shown!r})")
         layers = json.loads(attrs["layers"])

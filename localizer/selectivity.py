@@ -261,10 +261,11 @@ def select_from_file(activations: str | os.PathLike, out: str | os.PathLike,
     """
     import h5py
 
-    from localizer.storage import read_metadata
+    from localizer.storage import allow_sources, read_metadata
 
     options = options or SelectionOptions()
     meta = read_metadata(activations)
+    allow_sources(activations)
     with h5py.File(activations, "r") as f:
         layers = meta["layers"]
         missing = [layer for layer in layers if f"activations/{layer}" not in f]

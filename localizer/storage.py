@@ -16,8 +16,10 @@ sequence number) together with their dataset indices in ``/index``; every ``segm
 the segment is closed, flushed to disk and renamed to ``...h5``: a file with that name is complete by construction,
 and at most one open segment per rank is lost when a process dies. ``<master>.shards/run.json`` records what the
 extraction is (model, layers, pooling, stimulus fingerprint, ...); a rerun with the same settings skips the rows of
-every committed segment and records only the rest. The master is written under a temporary name and renamed, and
-only when the committed segments together cover ``0..N-1`` exactly once: the rename is the completion marker.
+every committed segment and records only the rest. Every process of a run holds ``<master>.shards/lock`` (flock), so
+two runs never write into one folder. The master is written under a temporary name and renamed, and only when the
+committed segments together cover ``0..N-1`` exactly once: the rename is the completion marker. Readers call
+:func:`allow_sources` first: HDF5 reads a virtual-dataset source that it cannot open (open-file limit) as NaN.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class _SegmentWriter:
     """
 
     def __init__(self, path: Path, chunk_bytes: int = 1 << 18, max_bytes: float = float("inf"),
-                 buffer_bytes: int = 8 << 20):
+                 buffer_bytes: int = 8 << 20, units: dict[str, int] | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.chunk_bytes, self.max_bytes, self.buffer_bytes = path, chunk_bytes, max_bytes, buffer_bytes
         self.tmp = path.with_name(path.name + ".part")
@@ -84,7 +86,7 @@ class _SegmentWriter:
         self.file.create_dataset("index", (0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
         self.file.create_dataset("positive", (0,), maxshape=(None,), dtype=bool, chunks=(4096,))
         self.group = self.file.create_group("activations")
-        self.units: dict[str, int] = {}
+        self.units: dict[str, int] = {} if units is None else units  # shared by a run's segments
         self._pending: list[tuple] = []
         self._pending_bytes = 0
 
@@ -134,8 +136,11 @@ class _SegmentWriter:
             ds.resize((n + b, self.units[layer]))
             ds[n:] = np.concatenate([p[3][layer] for p in pending])
 
-    def commit(self, layers: list[str]) -> Path:
-        """Mark complete, close, fsync and rename: from here on the rows survive any crash."""
+    def commit(self, layers: list[str], before_rename=None) -> Path:
+        """Mark complete, close, fsync and rename: from here on the rows survive any crash.
+
+        ``before_rename()`` runs with the closed file still under its ``.part`` name (it may refuse by raising).
+        """
         self.flush()
         self.file.attrs["layers"] = json.dumps(layers)
         self.file.attrs["n_rows"] = self.rows
@@ -143,6 +148,8 @@ class _SegmentWriter:
         self.file.close()
         with open(self.tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(self.tmp, self.path)
         _fsync_dir(self.path.parent)
         return self.path
@@ -187,8 +194,42 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    with open(tmp, "w") as fh:
+        fh.write(json.dumps(manifest, indent=1, sort_keys=True))
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, folder / _MANIFEST)
+    _fsync_dir(folder)
+
+
+def _segment_attempt(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+class _RunLock:
+    """``flock`` on ``<master>.shards/lock``: exclusive while rank 0 plans a run, then shared by every rank for the
+    whole run, so a second run (or a process of an earlier one still alive) cannot write into the same folder.
+    Released by the OS when a process dies. Where the file system has no ``flock`` it silently does nothing."""
+
+    def __init__(self, folder: Path):
+        import fcntl
+
+        self.fcntl = fcntl
+        folder.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, exclusive: bool) -> bool:
+        """Non-blocking; False when another process holds a conflicting lock."""
+        try:
+            self.fcntl.flock(self.fd, (self.fcntl.LOCK_EX if exclusive else self.fcntl.LOCK_SH) | self.fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:  # no flock here (some network file systems)
+            pass
+        return True
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 def committed_rows(master: str | os.PathLike) -> int:
@@ -223,7 +264,8 @@ def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
                            f"pass --overwrite to discard it")
 
 
-def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = "auto") -> tuple[int, np.ndarray]:
+def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
+                mode: str = "auto") -> tuple[int, np.ndarray, dict[str, int]]:
     """Decide what an extraction into ``out`` records; called once, by rank 0, before any row is written.
 
     Args:
@@ -234,7 +276,8 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = 
             nothing to resume; ``"fresh"`` discard earlier segments and the master.
 
     Returns:
-        ``(attempt, done)``: this attempt's number and the dataset indices already recorded (int64 ``[D]``).
+        ``(attempt, done, units)``: this attempt's number, the dataset indices already recorded (int64 ``[D]``) and
+        the recorded layers' unit counts.
     """
     out = Path(out)
     folder = shard_dir(out)
@@ -244,16 +287,19 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = 
         if mode == "resume" and key is not None:
             raise LocalizerError(f"{out}: nothing to resume (no recorded segments in {folder}); run without --resume")
         out.unlink(missing_ok=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        _write_manifest(folder, {"key": key, "attempt": 0})
-        return 0, np.zeros(0, dtype=np.int64)
+        for old in folder.iterdir() if folder.exists() else []:  # everything but the lock that this run holds
+            if old.name != "lock":
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        attempt = 0 if manifest is None else int(manifest.get("attempt", 0)) + 1  # names never repeat
+        _write_manifest(folder, {"key": key, "attempt": attempt})
+        return attempt, np.zeros(0, dtype=np.int64), {}
     check_partial(out, key)
-    done = []
+    done, units = [], {}
     for path in segments:
         try:
             with h5py.File(path, "r") as f:
                 done.append(f["index"][:])
+                units = units or {layer: int(ds.shape[1]) for layer, ds in f["activations"].items()}
         except (OSError, KeyError) as e:
             raise LocalizerError(f"segment {path} is unreadable ({e}); pass --overwrite to start over") from e
     done = np.concatenate(done).astype(np.int64)
@@ -261,9 +307,9 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None, mode: str = 
         raise LocalizerError(f"{folder}: the recorded segments hold some stimuli twice; pass --overwrite to start over")
     for stale in folder.glob("*.part"):
         stale.unlink()
-    attempt = int(manifest.get("attempt", 0)) + 1
+    attempt = max([int(manifest.get("attempt", 0))] + [_segment_attempt(p) for p in segments]) + 1
     _write_manifest(folder, {"key": key, "attempt": attempt})
-    return attempt, done
+    return attempt, done, units
 
 
 class HDF5ActivationWriter(BasePredictionWriter):
@@ -290,7 +336,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
     """
 
     def __init__(self, out: str | os.PathLike, metadata: dict[str, Any] | None = None, n_stimuli: int | None = None,
-                 *, resume_key: dict[str, Any] | None = None, mode: str = "auto", segment_mb: float = 64.0,
+                 *, resume_key: dict[str, Any] | None = None, mode: str = "auto", segment_mb: float = 1024.0,
                  segment_minutes: float = 10.0, nan_policy: str = "error"):
         super().__init__(write_interval="batch")
         if nan_policy not in NAN_POLICIES:
@@ -312,18 +358,32 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._done: np.ndarray | None = None
         self._nonfinite: list[tuple[str, int]] = []  # the first (layer, stimulus) with NaN/inf, under "allow"
         self._nonfinite_rows = 0
+        self._lock: _RunLock | None = None
+        self._units: dict[str, int] = {}
+        self._launcher_pid = os.getppid()  # read before any launcher can die (a DDP child builds this first)
+        self._ppid: int | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         plan = error = None
         if trainer.is_global_zero:
             try:
+                self._lock = _RunLock(shard_dir(self.out))
+                if not self._lock.acquire(exclusive=True):
+                    raise LocalizerError(f"another extraction is still writing into {shard_dir(self.out)} (or a "
+                                         f"process of a killed one is still alive); stop it first")
                 plan = plan_resume(self.out, self.resume_key, self.mode)
-            except LocalizerError as e:
-                error = str(e)
+                self._lock.acquire(exclusive=False)
+            except Exception as e:  # any failure here must reach every rank, or they wait forever
+                error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
         error, plan = trainer.strategy.broadcast((error, plan), src=0)
         if error:
             raise LocalizerError(error)
-        self._attempt, done = plan
+        if not trainer.is_global_zero:
+            self._lock = _RunLock(shard_dir(self.out))
+            self._lock.acquire(exclusive=False)
+            self._ppid = self._launcher_pid  # Lightning's rank 0, torchrun or srun: if it dies, stop
+        self._attempt, done, units = plan
+        self._units = dict(units)
         self._seq, self.resumed_rows = 0, len(done)
         self._nonfinite, self._nonfinite_rows = [], 0
         self._done = None
@@ -339,9 +399,11 @@ class HDF5ActivationWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
+        if self._ppid is not None and os.getppid() != self._ppid:
+            raise LocalizerError(f"rank {trainer.global_rank}: the process that launched it has died; stopping "
+                                 f"(committed segments are kept; rerun the command to resume)")
         index = batch["index"].cpu().numpy().astype(np.int64)
         acts = _to_numpy(prediction)
-        self._check_finite(index, acts)
         positive, split = batch["positive"].cpu().numpy(), batch.get("split")
         if self._done is not None:
             keep = ~self._done[index]
@@ -351,17 +413,25 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 acts = {layer: a[keep] for layer, a in acts.items()}
             if not len(index):
                 return
+        self._check_finite(index, acts)
         if self._segment is None:
             name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
-            self._segment = _SegmentWriter(shard_dir(self.out) / name, max_bytes=self.segment_bytes)
+            self._segment = _SegmentWriter(shard_dir(self.out) / name, max_bytes=self.segment_bytes,
+                                           units=self._units)
         self._segment.append(index, positive, split, acts)
         if (self._segment.nbytes >= self.segment_bytes
                 or time.monotonic() - self._segment.started >= self.segment_seconds):
             self._commit(trainer, pl_module)
 
     def _commit(self, trainer, pl_module) -> None:
-        _failpoint(f"before-commit:{self._seq}", trainer.global_rank)
-        self._segment.commit(list(getattr(pl_module, "layers", [])))
+        def before_rename():
+            _failpoint(f"before-commit:{self._seq}", trainer.global_rank)
+            attempt = (_read_manifest(shard_dir(self.out)) or {}).get("attempt")
+            if attempt != self._attempt:  # a later run took over this folder (where flock does not work)
+                raise LocalizerError(f"{shard_dir(self.out)} now belongs to another extraction (attempt {attempt}); "
+                                     f"this one (attempt {self._attempt}) stops")
+
+        self._segment.commit(list(getattr(pl_module, "layers", [])), before_rename)
         self._segment = None
         _failpoint(f"after-commit:{self._seq}", trainer.global_rank)
         self._seq += 1
@@ -385,6 +455,12 @@ class HDF5ActivationWriter(BasePredictionWriter):
         if self._segment is not None:  # an error, not a crash: nothing in the open segment is kept
             self._segment.discard()
             self._segment = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self._segment is not None:
@@ -395,15 +471,21 @@ class HDF5ActivationWriter(BasePredictionWriter):
 
             warnings.warn(f"rank {trainer.global_rank}: {self._nonfinite_rows} recorded rows hold NaN/inf activations "
                           f"(first: layer {layer!r}, stimulus {first}); `localizer check {self.out}` lists them")
-        trainer.strategy.barrier()
+        try:
+            trainer.strategy.barrier()
+        except RuntimeError as e:  # a rank died: what is committed stays, the rerun resumes
+            self._release()
+            raise LocalizerError(f"rank {trainer.global_rank}: another process of this job stopped before the end "
+                                 f"({' '.join(str(e).split())[:120]}); rerun the command to resume") from e
         error = None
         if trainer.is_global_zero:
             try:
-                _failpoint("before-master", 0)
-                write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module))
-            except LocalizerError as e:
-                error = str(e)
+                write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module),
+                             before_rename=lambda: _failpoint("before-master", 0))
+            except Exception as e:  # any failure here must reach every rank, or they wait forever
+                error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
         error = trainer.strategy.broadcast(error, src=0)
+        self._release()
         if error:
             raise LocalizerError(error)
 
@@ -454,7 +536,7 @@ def _runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
     return runs
 
 
-def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any]) -> Path:
+def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any], before_rename=None) -> Path:
     """Write the master file over the committed segments of ``out`` (see the module docstring).
 
     Raises:
@@ -524,11 +606,40 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
                 f.attrs[key] = str(value)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, out)
     _fsync_dir(out.parent)
     for stale in shard_dir(out).glob("*.part"):
         stale.unlink()
     return out
+
+
+def allow_sources(path: str | os.PathLike) -> int:
+    """Let this process open every segment file behind ``path``'s virtual datasets; returns their number.
+
+    HDF5 keeps a virtual dataset's source files open while reading, and a source it cannot open reads as the fill
+    value (NaN) without any error. So the soft open-file limit is raised to fit them, and a hard limit that is too
+    low is an error instead of silent NaN.
+
+    Raises:
+        LocalizerError: the hard limit (``ulimit -Hn``) is too low.
+    """
+    import resource
+
+    with h5py.File(path, "r") as f:
+        group = f.get("activations")
+        datasets_ = [group[k] for k in group] if isinstance(group, h5py.Group) else []
+        sources = {vs.file_name for ds in datasets_ if isinstance(ds, h5py.Dataset) and ds.is_virtual
+                   for vs in ds.virtual_sources()}
+    need = len(sources) + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and need > soft:
+        if hard != resource.RLIM_INFINITY and need > hard:
+            raise LocalizerError(f"{path} reads from {len(sources)} segment files, but this process may open at most "
+                                 f"{hard} files (ulimit -Hn); raise that limit")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return len(sources)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -541,8 +652,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as e:
         raise LocalizerError(f"{path}: not a readable HDF5 file ({e})") from e
     version = attrs.get("format_version")
-    if version != FORMAT_VERSION:
-        shown = version.item() if hasattr(version, "item") else version
+    if not (np.ndim(version) == 0 and version == FORMAT_VERSION):
+        shown = version.item() if np.ndim(version) == 0 and hasattr(version, "item") else version
         raise LocalizerError(f"{path}: unknown activation file format version {shown!r} "
                              f"(this localizer reads version {FORMAT_VERSION})")
     attrs["layers"] = json.loads(attrs["layers"])

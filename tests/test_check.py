@@ -76,7 +76,37 @@ DAMAGE = {
     "p above 1": (lambda d: edit(d / "sel.h5", "layers/transformer.h.1/p", lambda p: p + 2), "sel.h5",
                   "/layers/transformer.h.1/p holds values outside [0, 1]"),
     "not ours": (lambda d: h5py.File(d / "a.h5", "w").close(), "a.h5", "neither an activation file"),
+    # structural damage that must be reported, not end in a traceback
+    "segment bytes zeroed": (lambda d: zero_bytes(segments(d)[1]), "a.h5", "part-0000-00000-000001.h5"),
+    "n_stimuli not a number": (lambda d: attr(d / "a.h5", "n_stimuli", "many"), "a.h5",
+                               "root attribute 'n_stimuli' cannot be read (ValueError"),
+    "index of floats": (lambda d: replace(d / "a.h5", "index", np.arange(N) + 0.5), "a.h5",
+                        "/index is float64 (12,), expected int (12,)"),
+    "layer is a group": (lambda d: layer_as_group(d / "a.h5"), "a.h5",
+                         "layer 'transformer.h.1': dataset is a group, expected float32"),
+    "version is an array": (lambda d: attr(d / "a.h5", "format_version", np.array([1, 1])), "a.h5",
+                            "format_version is array([1, 1])"),
+    "selection mask of ints": (lambda d: replace(d / "sel.h5", "mask/transformer.h.0", np.zeros(32, np.int64)),
+                               "sel.h5", "/mask/transformer.h.0 is missing or not a bool vector"),
 }
+
+
+def zero_bytes(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 4: len(data) // 2] = bytes(len(data) // 2 - len(data) // 4)
+    path.write_bytes(bytes(data))
+
+
+def replace(path, name, value):
+    with h5py.File(path, "a") as f:
+        del f[name]
+        f[name] = value
+
+
+def layer_as_group(path):
+    with h5py.File(path, "a") as f:
+        del f["activations/transformer.h.1"]
+        f.create_group("activations/transformer.h.1")
 
 
 def _mask(d, layer):

@@ -115,3 +115,42 @@ def test_buffered_segment_writes_every_row_in_order(tmp_path, buffer_bytes):
         np.testing.assert_array_equal(f["index"][:], np.arange(23))
         assert f["split"].asstr()[:].tolist() == [f"s{i}" for i in range(23)]
         assert f.attrs["complete"] and f.attrs["n_rows"] == 23
+
+
+def _many_segments(out, n_segments=70, rows=2):
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(n_segments * rows, 3)).astype(np.float32)
+    for r in range(n_segments):
+        w = _SegmentWriter(segment(out, 0, r))
+        idx = np.arange(r * rows, (r + 1) * rows)
+        w.append(idx, idx % 2 == 0, None, {"a": table[idx]})
+        w.commit(["a"])
+    write_master(out, n_segments * rows, {**META, "layers": ["a"]})
+    return table
+
+
+@pytest.mark.parametrize("hard_too", [False, True])
+def test_more_segments_than_the_open_file_limit(tmp_path, hard_too):
+    """HDF5 reads an unopenable virtual-dataset source as NaN, silently: readers raise the soft limit, and a hard
+    limit that is too low is a one-line error, never NaN."""
+    import resource
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.h5"
+    _many_segments(out)
+    with h5py.File(out) as f:
+        assert len(f["activations/a"].virtual_sources()) == 70
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limits = (50, 50 if hard_too else hard)
+    r = subprocess.run([sys.executable, "-m", "localizer", "select", "--activations", str(out), "--out",
+                        str(tmp_path / "s.h5"), "--count", "1", "--controls", "0", "--log_dir", str(tmp_path / "tb")],
+                       capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    if hard_too:
+        assert r.returncode == 2
+        assert "reads from 70 segment files, but this process may open at most 50 files" in r.stderr
+    else:
+        assert r.returncode == 0, r.stderr[-2000:]
+        with h5py.File(tmp_path / "s.h5") as f:
+            assert f.attrs["n_positive"] == 70 and f.attrs["n_control"] == 70  # every row was read, none NaN
