@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ActivationRecorder": "localizer.recording",
-    "HDF5ActivationWriter": "localizer.storage",
+    "HDF5ActivationWriter": "localizer.writer",
     "LocalizerDataModule": "localizer.data",
     "load_model": "localizer.models",
     "load_stimuli": "localizer.stimuli",

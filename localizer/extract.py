@@ -52,9 +52,10 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     from localizer.models import LoadedModel, load_model
     from localizer.recording import ActivationRecorder
     from localizer.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
-    from localizer.storage import HDF5ActivationWriter, check_partial, committed_rows
+    from localizer.resume import check_partial, committed_rows
+    from localizer.writer import HDF5ActivationWriter
 
-    from localizer.storage import NAN_POLICIES
+    from localizer.writer import NAN_POLICIES
 
     if nan_policy not in NAN_POLICIES:
         raise LocalizerError(f"unknown --nan_policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")

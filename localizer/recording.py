@@ -2,7 +2,7 @@
 
 ``predict_step`` runs the wrapped network on a batch (see :mod:`localizer.data`) with forward hooks on the chosen
 layers and returns ``{layer: [B, U_layer] float32}`` in recording order. Pair it with
-:class:`localizer.storage.HDF5ActivationWriter` to stream those rows to disk.
+:class:`localizer.writer.HDF5ActivationWriter` to stream those rows to disk.
 """
 
 from __future__ import annotations

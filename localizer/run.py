@@ -117,7 +117,7 @@ def config_path(name: str) -> str:
 def _extract_or_resume(model, data, path: Path, **kwargs) -> Path:
     """A finished earlier run is replaced; a killed one with the same settings is continued; else start over."""
     from localizer.extract import extract
-    from localizer.storage import SettingsMismatch
+    from localizer.resume import SettingsMismatch
 
     try:
         return extract(model, data, path, overwrite=path.exists(), **kwargs)

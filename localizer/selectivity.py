@@ -177,7 +177,7 @@ class SelectivityCallback(Callback):
     """Update unit statistics from the recorder's pooled activations during ``trainer.predict``; at the end, sync
     them across ranks, select the network and its controls, and write the selection file (rank 0).
 
-    Works with or without :class:`localizer.storage.HDF5ActivationWriter` in the same run. Expects batches from
+    Works with or without :class:`localizer.writer.HDF5ActivationWriter` in the same run. Expects batches from
     :class:`localizer.data.LocalizerDataModule` (``index``, ``positive``, optional ``split``) and predictions
     ``{layer: [B, U_layer]}``.
 

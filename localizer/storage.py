@@ -11,7 +11,8 @@ File format (version 1), the contract every later command reads:
   order), ``n_stimuli``, ``created`` (ISO 8601, UTC); ``stimuli`` (and ``control``): the stimulus source(s), when
   given as paths or ids.
 
-Crash safety. Each rank appends its rows to ``<master>.shards/part-AAAA-RRRRR-SSSSSS.h5.part`` (attempt, rank,
+Crash safety (the writer is :class:`localizer.writer.HDF5ActivationWriter`, resuming is :mod:`localizer.resume`).
+Each rank appends its rows to ``<master>.shards/part-AAAA-RRRRR-SSSSSS.h5.part`` (attempt, rank,
 sequence number) together with their dataset indices in ``/index``; every ``segment_mb`` MB (or ``segment_minutes``)
 the segment is closed, flushed to disk and renamed to ``...h5``: a file with that name is complete by construction,
 and at most one open segment per rank is lost when a process dies. ``<master>.shards/run.json`` records what the
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,15 +34,11 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 
 from localizer.errors import LocalizerError
 
 FORMAT_VERSION = 1
-NAN_POLICIES = ("error", "allow")
 _STR = h5py.string_dtype("utf-8")
-_MANIFEST = "run.json"
 
 
 def shard_dir(master: str | os.PathLike) -> Path:
@@ -56,16 +51,6 @@ def segment_files(master: str | os.PathLike) -> list[Path]:
     """The committed segments of ``master``, in name order (``part-*.h5``; open ones end in ``.part``)."""
     folder = shard_dir(master)
     return sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
-
-
-def _failpoint(name: str, rank: int) -> None:
-    """Fault injection for the crash tests: ``LOCALIZER_FAILPOINT=NAME[@RANK]`` SIGKILLs this process at ``NAME``."""
-    spec = os.environ.get("LOCALIZER_FAILPOINT")
-    if spec:
-        point, _, only = spec.partition("@")
-        if point == name and (not only or int(only) == rank):
-            os.kill(os.getpid(), signal.SIGKILL)
-
 
 class _SegmentWriter:
     """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
@@ -159,17 +144,6 @@ class _SegmentWriter:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
-
-def _to_numpy(prediction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """``{layer: [B, U_layer]}`` tensors → float32 arrays on the host, with one device-to-host copy per batch."""
-    layers = list(prediction)
-    tensors = [prediction[layer].detach() for layer in layers]
-    if all(t.device.type == "cpu" for t in tensors):
-        return {layer: t.to(torch.float32).numpy() for layer, t in zip(layers, tensors)}
-    flat = torch.cat([t.to(torch.float32) for t in tensors], dim=1).cpu().numpy()
-    return dict(zip(layers, np.split(flat, np.cumsum([t.shape[1] for t in tensors])[:-1], axis=1)))
-
-
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (power loss); a no-op where directories cannot be opened."""
     try:
@@ -182,327 +156,6 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / _MANIFEST).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (_MANIFEST + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(json.dumps(manifest, indent=1, sort_keys=True))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / _MANIFEST)
-    _fsync_dir(folder)
-
-
-def _segment_attempt(path: Path) -> int:
-    return int(path.name.split("-")[1])
-
-
-class _RunLock:
-    """``flock`` on ``<master>.shards/lock``: exclusive while rank 0 plans a run, then shared by every rank for the
-    whole run, so a second run (or a process of an earlier one still alive) cannot write into the same folder.
-    Released by the OS when a process dies. Where the file system has no ``flock`` it silently does nothing."""
-
-    def __init__(self, folder: Path):
-        import fcntl
-
-        self.fcntl = fcntl
-        folder.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-
-    def acquire(self, exclusive: bool) -> bool:
-        """Non-blocking; False when another process holds a conflicting lock."""
-        try:
-            self.fcntl.flock(self.fd, (self.fcntl.LOCK_EX if exclusive else self.fcntl.LOCK_SH) | self.fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        except OSError:  # no flock here (some network file systems)
-            pass
-        return True
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def committed_rows(master: str | os.PathLike) -> int:
-    """How many rows the committed segments of ``master`` hold (read only; 0 when there are none)."""
-    total = 0
-    for path in segment_files(master):
-        try:
-            with h5py.File(path, "r") as f:
-                total += int(f.attrs.get("n_rows", 0))
-        except OSError:
-            pass
-    return total
-
-
-class SettingsMismatch(LocalizerError):
-    """A partial extraction into the same output was made with other settings."""
-
-
-def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
-    """Refuse to continue committed segments of ``out`` that were recorded with another ``key`` (read only).
-
-    Raises:
-        SettingsMismatch: naming every setting that differs.
-    """
-    folder = shard_dir(out)
-    manifest = _read_manifest(folder)
-    if manifest is None or not segment_files(out) or manifest.get("key") == key:
-        return
-    old = manifest.get("key") or {}
-    diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
-    raise SettingsMismatch(f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
-                           f"pass --overwrite to discard it")
-
-
-def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
-                mode: str = "auto") -> tuple[int, np.ndarray, dict[str, int]]:
-    """Decide what an extraction into ``out`` records; called once, by rank 0, before any row is written.
-
-    Args:
-        key: what determines the rows' values (model, layers, pooling, stimulus fingerprint, ...); ``None``
-            disables resuming.
-        mode: ``"auto"`` resume when the committed segments were made with the same ``key``, else start over
-            (refusing when they were made with another key); ``"resume"`` as auto but an error when there is
-            nothing to resume; ``"fresh"`` discard earlier segments and the master.
-
-    Returns:
-        ``(attempt, done, units)``: this attempt's number, the dataset indices already recorded (int64 ``[D]``) and
-        the recorded layers' unit counts.
-    """
-    out = Path(out)
-    folder = shard_dir(out)
-    manifest = _read_manifest(folder)
-    segments = segment_files(out)
-    if mode == "fresh" or key is None or not segments or manifest is None:
-        if mode == "resume" and key is not None:
-            raise LocalizerError(f"{out}: nothing to resume (no recorded segments in {folder}); run without --resume")
-        out.unlink(missing_ok=True)
-        for old in folder.iterdir() if folder.exists() else []:  # everything but the lock that this run holds
-            if old.name != "lock":
-                shutil.rmtree(old) if old.is_dir() else old.unlink()
-        attempt = 0 if manifest is None else int(manifest.get("attempt", 0)) + 1  # names never repeat
-        _write_manifest(folder, {"key": key, "attempt": attempt})
-        return attempt, np.zeros(0, dtype=np.int64), {}
-    check_partial(out, key)
-    done, units = [], {}
-    for path in segments:
-        try:
-            with h5py.File(path, "r") as f:
-                done.append(f["index"][:])
-                units = units or {layer: int(ds.shape[1]) for layer, ds in f["activations"].items()}
-        except (OSError, KeyError) as e:
-            raise LocalizerError(f"segment {path} is unreadable ({e}); pass --overwrite to start over") from e
-    done = np.concatenate(done).astype(np.int64)
-    if len(np.unique(done)) != len(done):
-        raise LocalizerError(f"{folder}: the recorded segments hold some stimuli twice; pass --overwrite to start over")
-    for stale in folder.glob("*.part"):
-        stale.unlink()
-    attempt = max([int(manifest.get("attempt", 0))] + [_segment_attempt(p) for p in segments]) + 1
-    _write_manifest(folder, {"key": key, "attempt": attempt})
-    return attempt, done, units
-
-
-class HDF5ActivationWriter(BasePredictionWriter):
-    """Stream the recorder's per-batch activations to resumable per-rank segments; rank 0 then writes the master.
-
-    Args:
-        out: the master file path (``.h5``).
-        metadata: root attributes to record (``model``, ``model_class``, ``pooling``); by default read from the
-            LightningModule (:class:`localizer.recording.ActivationRecorder`).
-        n_stimuli: the dataset size N; by default the length of the predict dataloader's dataset.
-        resume_key: what determines the recorded values (see :func:`plan_resume`); with it (and ``n_stimuli``) a
-            rerun skips the rows already committed. Without it every run starts over.
-        mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`plan_resume`).
-        segment_mb / segment_minutes: commit the open segment when it holds this many MB of activations or is this
-            old (a crash loses at most that much work per rank).
-        nan_policy: ``"error"`` stop at the first NaN/inf activation, naming the layer and the stimulus index;
-            ``"allow"`` record them and warn at the end (``localizer check`` reports them; such units are never
-            selected).
-
-    The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
-    :class:`localizer.data.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``. When the
-    datamodule has a ``restrict(indices)`` method (LocalizerDataModule does), a resumed run only computes the rows
-    that are missing; otherwise rows already recorded are computed and dropped.
-    """
-
-    def __init__(self, out: str | os.PathLike, metadata: dict[str, Any] | None = None, n_stimuli: int | None = None,
-                 *, resume_key: dict[str, Any] | None = None, mode: str = "auto", segment_mb: float = 1024.0,
-                 segment_minutes: float = 10.0, nan_policy: str = "error"):
-        super().__init__(write_interval="batch")
-        if nan_policy not in NAN_POLICIES:
-            raise LocalizerError(f"unknown nan policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
-        if mode not in ("auto", "resume", "fresh"):
-            raise LocalizerError(f"unknown mode {mode!r}; choose auto, resume or fresh")
-        if segment_mb <= 0 or segment_minutes <= 0:
-            raise LocalizerError("segment size and age must be positive")
-        self.out = Path(out)
-        self.metadata = dict(metadata or {})
-        self.n_stimuli = n_stimuli
-        self.resume_key = None if n_stimuli is None else resume_key
-        self.mode = mode
-        self.segment_bytes, self.segment_seconds = segment_mb * 2 ** 20, segment_minutes * 60
-        self.nan_policy = nan_policy
-        self.resumed_rows = 0
-        self._segment: _SegmentWriter | None = None
-        self._seq = self._attempt = 0
-        self._done: np.ndarray | None = None
-        self._nonfinite: list[tuple[str, int]] = []  # the first (layer, stimulus) with NaN/inf, under "allow"
-        self._nonfinite_rows = 0
-        self._lock: _RunLock | None = None
-        self._units: dict[str, int] = {}
-        self._launcher_pid = os.getppid()  # read before any launcher can die (a DDP child builds this first)
-        self._ppid: int | None = None
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        plan = error = None
-        if trainer.is_global_zero:
-            try:
-                self._lock = _RunLock(shard_dir(self.out))
-                if not self._lock.acquire(exclusive=True):
-                    raise LocalizerError(f"another extraction is still writing into {shard_dir(self.out)} (or a "
-                                         f"process of a killed one is still alive); stop it first")
-                plan = plan_resume(self.out, self.resume_key, self.mode)
-                self._lock.acquire(exclusive=False)
-            except Exception as e:  # any failure here must reach every rank, or they wait forever
-                error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
-        error, plan = trainer.strategy.broadcast((error, plan), src=0)
-        if error:
-            raise LocalizerError(error)
-        if not trainer.is_global_zero:
-            self._lock = _RunLock(shard_dir(self.out))
-            self._lock.acquire(exclusive=False)
-            self._ppid = self._launcher_pid  # Lightning's rank 0, torchrun or srun: if it dies, stop
-        self._attempt, done, units = plan
-        self._units = dict(units)
-        self._seq, self.resumed_rows = 0, len(done)
-        self._nonfinite, self._nonfinite_rows = [], 0
-        self._done = None
-        if len(done):
-            self._done = np.zeros(self.n_stimuli, dtype=bool)
-            self._done[done] = True
-            restrict = getattr(trainer.datamodule, "restrict", None)
-            if restrict is not None:
-                todo = np.flatnonzero(~self._done)
-                if len(todo) < trainer.world_size:  # every rank needs a batch to reach on_predict_end
-                    todo = np.sort(np.concatenate([todo, done[: trainer.world_size - len(todo)]]))
-                restrict(todo)
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0) -> None:
-        if self._ppid is not None and os.getppid() != self._ppid:
-            raise LocalizerError(f"rank {trainer.global_rank}: the process that launched it has died; stopping "
-                                 f"(committed segments are kept; rerun the command to resume)")
-        index = batch["index"].cpu().numpy().astype(np.int64)
-        acts = _to_numpy(prediction)
-        positive, split = batch["positive"].cpu().numpy(), batch.get("split")
-        if self._done is not None:
-            keep = ~self._done[index]
-            if not keep.all():
-                index, positive = index[keep], positive[keep]
-                split = None if split is None else [s for s, k in zip(split, keep) if k]
-                acts = {layer: a[keep] for layer, a in acts.items()}
-            if not len(index):
-                return
-        self._check_finite(index, acts)
-        if self._segment is None:
-            name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
-            self._segment = _SegmentWriter(shard_dir(self.out) / name, max_bytes=self.segment_bytes,
-                                           units=self._units)
-        self._segment.append(index, positive, split, acts)
-        if (self._segment.nbytes >= self.segment_bytes
-                or time.monotonic() - self._segment.started >= self.segment_seconds):
-            self._commit(trainer, pl_module)
-
-    def _commit(self, trainer, pl_module) -> None:
-        def before_rename():
-            _failpoint(f"before-commit:{self._seq}", trainer.global_rank)
-            attempt = (_read_manifest(shard_dir(self.out)) or {}).get("attempt")
-            if attempt != self._attempt:  # a later run took over this folder (where flock does not work)
-                raise LocalizerError(f"{shard_dir(self.out)} now belongs to another extraction (attempt {attempt}); "
-                                     f"this one (attempt {self._attempt}) stops")
-
-        self._segment.commit(list(getattr(pl_module, "layers", [])), before_rename)
-        self._segment = None
-        _failpoint(f"after-commit:{self._seq}", trainer.global_rank)
-        self._seq += 1
-
-    def _check_finite(self, index: np.ndarray, acts: dict[str, np.ndarray]) -> None:
-        bad_any = np.zeros(len(index), dtype=bool)
-        for layer, a in acts.items():
-            bad_rows = ~np.isfinite(a).all(axis=1)
-            if bad_rows.any():
-                first, count = int(index[np.argmax(bad_rows)]), int(bad_rows.sum())
-                if self.nan_policy == "error":
-                    more = f" (and {count - 1} more stimuli of this batch)" if count > 1 else ""
-                    raise LocalizerError(f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
-                                         f"check the model and inputs, or record them with --nan_policy allow")
-                if not self._nonfinite:
-                    self._nonfinite.append((layer, first))
-                bad_any |= bad_rows
-        self._nonfinite_rows += int(bad_any.sum())
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if self._segment is not None:  # an error, not a crash: nothing in the open segment is kept
-            self._segment.discard()
-            self._segment = None
-        self._release()
-
-    def _release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        if self._segment is not None:
-            self._commit(trainer, pl_module)
-        if self._nonfinite:
-            layer, first = self._nonfinite[0]
-            import warnings
-
-            warnings.warn(f"rank {trainer.global_rank}: {self._nonfinite_rows} recorded rows hold NaN/inf activations "
-                          f"(first: layer {layer!r}, stimulus {first}); `localizer check {self.out}` lists them")
-        try:
-            trainer.strategy.barrier()
-        except RuntimeError as e:  # a rank died: what is committed stays, the rerun resumes
-            self._release()
-            raise LocalizerError(f"rank {trainer.global_rank}: another process of this job stopped before the end "
-                                 f"({' '.join(str(e).split())[:120]}); rerun the command to resume") from e
-        error = None
-        if trainer.is_global_zero:
-            try:
-                write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module),
-                             before_rename=lambda: _failpoint("before-master", 0))
-            except Exception as e:  # any failure here must reach every rank, or they wait forever
-                error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
-        error = trainer.strategy.broadcast(error, src=0)
-        self._release()
-        if error:
-            raise LocalizerError(error)
-
-    def _n_stimuli(self, trainer) -> int:
-        if self.n_stimuli is not None:
-            return self.n_stimuli
-        loaders = trainer.predict_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        return len(loader.dataset)
-
-    def _metadata(self, pl_module) -> dict[str, Any]:
-        meta = {key: getattr(pl_module, attr, "") for key, attr in
-                (("model", "model_name"), ("model_class", "model_class"), ("pooling", "pooling"))}
-        meta["layers"] = list(getattr(pl_module, "layers", []))
-        meta.update(self.metadata)
-        return meta
-
 
 def coverage(index: np.ndarray, n: int) -> str:
     """How ``index`` (int ``[M]``) fails to cover ``0..n-1`` exactly once, in words; ``""`` when it does."""

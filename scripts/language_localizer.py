@@ -23,7 +23,7 @@ from localizer.report import print_ablation, print_selection
 from localizer.selection import SelectionOptions, read_selection
 from localizer.selectivity import SelectivityCallback
 from localizer.stimuli import load_stimuli
-from localizer.storage import HDF5ActivationWriter
+from localizer.writer import HDF5ActivationWriter
 from localizer.tasks import load_task_data, make_task
 
 

@@ -213,7 +213,7 @@ def test_a_rank_whose_launcher_died_stops_at_its_next_batch(tmp_path):
     import torch
 
     from localizer.errors import LocalizerError
-    from localizer.storage import HDF5ActivationWriter
+    from localizer.writer import HDF5ActivationWriter
 
     writer = HDF5ActivationWriter(tmp_path / "x.h5", n_stimuli=4)
     writer._ppid = os.getppid() + 1  # the pid recorded when this rank was launched: no longer the parent
