@@ -170,9 +170,9 @@ def coverage(index: np.ndarray, n: int) -> str:
 
 
 def _runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Split a shard's row → dataset-index map into strided runs ``(row0, index0, count, stride)``.
+    """Split a segment's row → dataset-index map into strided runs ``(row0, index0, count, stride)``.
 
-    Rank ``r`` of ``W`` under Lightning's unrepeated sampler processes ``r, r+W, ...`` → one run per shard.
+    Rank ``r`` of ``W`` under Lightning's unrepeated sampler processes ``r, r+W, ...`` → one run per segment.
     """
     runs, n, j = [], len(index), 0
     while j < n:
