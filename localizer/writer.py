@@ -104,6 +104,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
         error, plan = trainer.strategy.broadcast((error, plan), src=0)
         if error:
+            self._release()
             raise LocalizerError(error)
         if not trainer.is_global_zero:
             self._lock = _RunLock(shard_dir(self.out))

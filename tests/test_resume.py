@@ -222,3 +222,20 @@ def test_a_rank_whose_launcher_died_stops_at_its_next_batch(tmp_path):
     with pytest.raises(LocalizerError, match="rank 1: the process that launched it has died"):
         writer.write_on_batch_end(trainer, None, {"a": torch.zeros(1, 2)}, None, batch, 0)
     assert not (tmp_path / "x.h5.shards").exists()  # nothing written
+
+
+def test_an_unreadable_segment_is_named_and_the_folder_is_not_left_locked(setup, tmp_path):
+    from localizer import extract
+    from localizer.errors import LocalizerError
+
+    gpt2_dir, stimuli, ref = setup
+    out = tmp_path / "g.h5"
+    first = run(command(gpt2_dir, stimuli, out), "after-commit:2")
+    assert first.returncode == -signal.SIGKILL
+    damaged = sorted((tmp_path / "g.h5.shards").glob("part-*.h5"))[1]
+    damaged.write_bytes(b"not hdf5")
+    for _ in range(2):  # the same error twice in one process: the first attempt released its lock
+        with pytest.raises(LocalizerError, match=f"segment {damaged} is unreadable"):
+            extract(gpt2_dir, stimuli, out, batch_size=1, pooling="mean", segment_mb=0.0005,
+                    trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    assert not out.exists()
