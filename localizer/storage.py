@@ -52,6 +52,7 @@ def segment_files(master: str | os.PathLike) -> list[Path]:
     folder = shard_dir(master)
     return sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
 
+
 class _SegmentWriter:
     """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
 
@@ -144,6 +145,7 @@ class _SegmentWriter:
         self.file.close()
         self.tmp.unlink(missing_ok=True)
 
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (power loss); a no-op where directories cannot be opened."""
     try:
@@ -156,6 +158,7 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
 
 def coverage(index: np.ndarray, n: int) -> str:
     """How ``index`` (int ``[M]``) fails to cover ``0..n-1`` exactly once, in words; ``""`` when it does."""

@@ -30,6 +30,7 @@ def _failpoint(name: str, rank: int) -> None:
         if point == name and (not only or int(only) == rank):
             os.kill(os.getpid(), signal.SIGKILL)
 
+
 def _to_numpy(prediction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """``{layer: [B, U_layer]}`` tensors → float32 arrays on the host, with one device-to-host copy per batch."""
     layers = list(prediction)
@@ -39,6 +40,7 @@ def _to_numpy(prediction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     flat = torch.cat([t.to(torch.float32) for t in tensors], dim=1).cpu().numpy()
     return dict(zip(layers, np.split(flat, np.cumsum([t.shape[1] for t in tensors])[:-1], axis=1)))
 
+
 class HDF5ActivationWriter(BasePredictionWriter):
     """Stream the recorder's per-batch activations to resumable per-rank segments; rank 0 then writes the master.
 
@@ -47,14 +49,14 @@ class HDF5ActivationWriter(BasePredictionWriter):
         metadata: root attributes to record (``model``, ``model_class``, ``pooling``); by default read from the
             LightningModule (:class:`localizer.recording.ActivationRecorder`).
         n_stimuli: the dataset size N; by default the length of the predict dataloader's dataset.
-        resume_key: what determines the recorded values (see :func:`plan_resume`); with it (and ``n_stimuli``) a
+        resume_key: what determines the recorded values (see :func:`localizer.resume.plan_resume`); with it (and ``n_stimuli``) a
             rerun skips the rows already committed. Without it every run starts over.
-        mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`plan_resume`).
+        mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`localizer.resume.plan_resume`).
         segment_mb / segment_minutes: commit the open segment when it holds this many MB of activations or is this
             old (a crash loses at most that much work per rank).
         nan_policy: ``"error"`` stop at the first NaN/inf activation, naming the layer and the stimulus index;
-            ``"allow"`` record them and warn at the end (``localizer check`` reports them; such units are never
-            selected).
+            ``"allow"`` record them and warn at the end (``localizer check`` lists them; ``localizer select``
+            refuses such a file).
 
     The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
     :class:`localizer.data.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``. When the
