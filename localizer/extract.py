@@ -53,9 +53,7 @@ def extract(model: str | Any, stimuli: str | Any, out: str | os.PathLike, *, lay
     from localizer.recording import ActivationRecorder
     from localizer.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
     from localizer.resume import check_partial, committed_rows
-    from localizer.writer import HDF5ActivationWriter
-
-    from localizer.writer import NAN_POLICIES
+    from localizer.writer import NAN_POLICIES, HDF5ActivationWriter
 
     if nan_policy not in NAN_POLICIES:
         raise LocalizerError(f"unknown --nan_policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
@@ -133,12 +131,10 @@ def weights_fingerprint(model) -> str:
     h = hashlib.sha256()
     tensors = list(model.named_parameters()) + list(model.named_buffers())
     for name, t in tensors:
-        head = t.detach().reshape(-1)[:4096].to("cpu")
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        if head.dtype == torch.bfloat16:
-            head = head.float()
-        if head.device.type != "meta":
-            h.update(head.numpy().tobytes())
+        if t.device.type != "meta":  # a meta tensor has no values
+            head = t.detach().reshape(-1)[:4096].to("cpu")
+            h.update((head.float() if head.dtype == torch.bfloat16 else head).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -81,11 +81,10 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self.mode = mode
         self.segment_bytes, self.segment_seconds = segment_mb * 2 ** 20, segment_minutes * 60
         self.nan_policy = nan_policy
-        self.resumed_rows = 0
         self._segment: _SegmentWriter | None = None
         self._seq = self._attempt = 0
         self._done: np.ndarray | None = None
-        self._nonfinite: list[tuple[str, int]] = []  # the first (layer, stimulus) with NaN/inf, under "allow"
+        self._first_nonfinite: tuple[str, int] | None = None  # (layer, stimulus), under "allow"
         self._nonfinite_rows = 0
         self._lock: _RunLock | None = None
         self._units: dict[str, int] = {}
@@ -114,8 +113,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
             self._ppid = self._launcher_pid  # Lightning's rank 0, torchrun or srun: if it dies, stop
         self._attempt, done, units = plan
         self._units = dict(units)
-        self._seq, self.resumed_rows = 0, len(done)
-        self._nonfinite, self._nonfinite_rows = [], 0
+        self._seq = 0
+        self._first_nonfinite, self._nonfinite_rows = None, 0
         self._done = None
         if len(done):
             self._done = np.zeros(self.n_stimuli, dtype=bool)
@@ -176,8 +175,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
                     more = f" (and {count - 1} more stimuli of this batch)" if count > 1 else ""
                     raise LocalizerError(f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
                                          f"check the model and inputs, or record them with --nan_policy allow")
-                if not self._nonfinite:
-                    self._nonfinite.append((layer, first))
+                self._first_nonfinite = self._first_nonfinite or (layer, first)
                 bad_any |= bad_rows
         self._nonfinite_rows += int(bad_any.sum())
 
@@ -195,8 +193,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
     def on_predict_end(self, trainer, pl_module) -> None:
         if self._segment is not None:
             self._commit(trainer, pl_module)
-        if self._nonfinite:
-            layer, first = self._nonfinite[0]
+        if self._first_nonfinite:
+            layer, first = self._first_nonfinite
             import warnings
 
             warnings.warn(f"rank {trainer.global_rank}: {self._nonfinite_rows} recorded rows hold NaN/inf activations "
