@@ -92,8 +92,8 @@ def paired(a, b, repeats: int):
 def bench_extraction(work: Path, args) -> dict:
     """localizer extract (Trainer + hooks + pooling + HDF5) vs a bare ``model(**batch)`` loop over the same batches."""
     from localizer import extract
-    from localizer.data import LocalizerDataModule
-    from localizer.models import load_model
+    from localizer.recording.datamodule import LocalizerDataModule
+    from localizer.recording.models import load_model
 
     n = args.extraction_n or (512 if args.quick else 2048)
     model_dir = gpt2_dir(work, 12, 768)
@@ -149,9 +149,9 @@ def llm_localization(model, tokenizer, data, layers):
 
 def bench_versus_peer(work: Path, args) -> dict:
     from localizer import extract
-    from localizer.models import load_model
+    from localizer.recording.models import load_model
     from localizer.selection import SelectionOptions
-    from localizer.selectivity import select_from_file
+    from localizer.selection.select import select_file
 
     n = 256 if args.quick else 1024
     model_dir = gpt2_dir(work, 12, 768)
@@ -165,7 +165,7 @@ def bench_versus_peer(work: Path, args) -> dict:
     def ours():
         extract(loaded, data, work / "peer.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
                 trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
-        select_from_file(work / "peer.h5", work / "peer_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None)
+        select_file(work / "peer.h5", work / "peer_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None)
 
     t_ours, all_ours, t_peer, all_peer = paired(ours, peer, args.repeats)
     return {"name": "extract + select vs the llm-localization loop (batch 1, per-stimulus hooks, N=%d)" % n,
@@ -242,12 +242,12 @@ def bench_select(work: Path, args) -> dict:
     """select_from_file (statistics of |x| and x for every unit, float64) vs only reading the same row chunks, both
     in this process with the file in the page cache; the peak RSS of the `localizer select` command beside."""
     from localizer.selection import SelectionOptions
-    from localizer.selectivity import select_from_file
+    from localizer.selection.select import select_file
 
     path = big_activation_file(work / "big.h5", 0.25 if args.quick else 2.1)
     size = path.stat().st_size / 2 ** 30
     t_sel, all_sel, t_read, all_read = paired(
-        lambda: select_from_file(path, work / "big_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None),
+        lambda: select_file(path, work / "big_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None),
         lambda: plain_read(path), args.repeats)
     rss = peak_rss_cli([sys.executable, "-m", "localizer", "select", "--activations", str(path), "--out",
                         str(work / "big_sel.h5"), "--overwrite", "--abs", "--controls", "0", "--log-dir",
@@ -266,8 +266,8 @@ def bench_ablation(work: Path, args) -> dict:
     import transformers
 
     from localizer.ablation import AblationDataModule, AblationModule, Condition
-    from localizer.masking import unit_edits
-    from localizer.tasks import make_task
+    from localizer.ablation.masking import unit_edits
+    from localizer.ablation.tasks import make_task
 
     n = 128 if args.quick else 512
     model_dir = gpt2_dir(work, 12, 768)

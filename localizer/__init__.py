@@ -1,29 +1,31 @@
 """localizer: fMRI-style functional localizers for deep networks.
 
 Record pooled per-unit activations for positive and control stimuli into HDF5 (on one or many devices), select the
-selective units, and ablate them.
+selective units, and ablate them. One function per command, with the command line's parameter names and defaults:
+:func:`extract`, :func:`select`, :func:`ablate`, :func:`run`, :func:`check`. Heavy packages load on first use.
 """
 
+from localizer._lazy import lazy
 from localizer.errors import LocalizerError
-from localizer.extract import extract
 
-__all__ = ["LocalizerError", "extract", "ActivationRecorder", "HDF5ActivationWriter", "LocalizerDataModule",
-           "load_model", "load_stimuli", "resolve_layers"]
 __version__ = "0.1.0"
 
-_LAZY = {
-    "ActivationRecorder": "localizer.recording",
-    "HDF5ActivationWriter": "localizer.writer",
-    "LocalizerDataModule": "localizer.data",
-    "load_model": "localizer.models",
-    "load_stimuli": "localizer.stimuli",
-    "resolve_layers": "localizer.layers",
+_NAMES = {
+    "extract": "localizer.recording.extract",
+    "select": "localizer.selection.select",
+    "ablate": "localizer.ablation.ablate",
+    "run": "localizer.run",
+    "check": "localizer.files.check",
+    "Selection": "localizer.selection.result",
+    "SelectionOptions": "localizer.selection.options",
+    "ActivationRecorder": "localizer.recording.recorder",
+    "LocalizerDataModule": "localizer.recording.datamodule",
+    "HDF5ActivationWriter": "localizer.files.writer",
+    "SelectivityCallback": "localizer.selection.callback",
+    "AblationModule": "localizer.ablation.module",
+    "load_model": "localizer.recording.models",
+    "load_stimuli": "localizer.recording.stimuli",
+    "resolve_layers": "localizer.recording.layers",
 }
-
-
-def __getattr__(name):  # heavy modules (lightning, torch, datasets) load on first use
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'localizer' has no attribute {name!r}")
+__all__ = ["LocalizerError", *_NAMES]
+__getattr__, __dir__ = lazy(__name__, _NAMES)

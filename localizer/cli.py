@@ -1,15 +1,22 @@
-"""The ``localizer`` command.
+"""The ``localizer`` command, generated from the signatures of the Python API.
 
-Subcommands parse their options with jsonargparse, in LightningCLI's conventions: ``--config FILE.yaml``,
-``--print_config``, and Trainer options as ``--trainer.devices 2 --trainer.strategy ddp``. Mistakes in the input end
-with one line on stderr and exit code 2; heavy packages are imported only by the subcommand that needs them.
+Every subcommand's options come from one function (:func:`localizer.extract`, :func:`localizer.select`,
+:func:`localizer.ablate`, :func:`localizer.run`, :func:`localizer.check`) through jsonargparse, with the function's
+defaults and its docstring as help, in LightningCLI's conventions: ``--config FILE.yaml``, ``--print_config``,
+``--trainer.devices 2``. Underscores are canonical; every option also accepts dashes (``--batch-size``), and a
+switch takes no value or ``true``/``false``. Command-line values always win over a ``--config`` (configs are
+applied first, wherever they stand). Building a parser imports neither torch nor Lightning; mistakes end with one
+line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
+from typing import Any, Callable, Optional
 
-from localizer.errors import LocalizerError, first_line
+from localizer.errors import LocalizerError, first_line, speak_options
 
 USAGE = """usage: localizer COMMAND [options]
 
@@ -22,281 +29,234 @@ commands:
 
 Run `localizer COMMAND --help` for a command's options."""
 
-TRAINER_SKIP = {"callbacks", "logger", "plugins", "profiler", "enable_checkpointing", "default_root_dir",
-                "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches",
-                "limit_val_batches", "limit_test_batches", "val_check_interval", "check_val_every_n_epoch",
-                "num_sanity_val_steps", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
-                "reload_dataloaders_every_n_epochs", "overfit_batches", "log_every_n_steps", "model_registry",
-                "detect_anomaly", "barebones", "sync_batchnorm", "use_distributed_sampler", "inference_mode",
-                "benchmark", "deterministic", "fast_dev_run", "limit_predict_batches"}
+SPELLING = ("Options are written with underscores (--batch_size) or dashes (--batch-size); a switch takes no value "
+            "or true/false (--abs, --abs false). Values on the command line win over --config files.")
+# the parts of a step's parameters that `localizer run` decides itself
+RUN_SKIPS_SELECT = {"activations", "out", "overwrite", "log_dir"}
+RUN_SKIPS_ABLATE = {"selection", "task", "model", "task_data", "out", "overwrite", "max_length", "log_dir",
+                    "trust_remote_code", "trainer"}
+TASKS_HELP = ("ablation tasks, a list of {task: next-token | minimal-pairs | classification | agreement, data: task "
+              "data or null for the validation rows of the stimuli}; empty: no ablation")
 
 
-def _extract_parser():
-    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
-    from lightning import Trainer
+def _description(fn: Callable) -> str:
+    doc = (fn.__doc__ or "").strip().split("\n\n")[0]
+    return " ".join(doc.split()) + "\n\n" + SPELLING
 
-    p = ArgumentParser(prog="localizer extract", exit_on_error=False, description=(
-        "Record pooled per-unit activations of a model on positive and control stimuli into one HDF5 file."))
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
-    p.add_argument("--model", type=str, required=True,
-                   help="short name (gemma-3-270m, minilm-l6, efficientnet-lite0), local save_pretrained dir, hub id, "
-                        "or package.module:callable")
-    p.add_argument("--stimuli", type=str, required=True,
-                   help="built-in set (language, faces, tom, arithmetic), JSONL/CSV/Parquet file, save_to_disk dir, "
-                        "image folder (positive/, control/) or hub id")
-    p.add_argument("--control", type=str, default=None,
-                   help="control stimuli (hub id or path) when --stimuli holds only the positive ones")
-    p.add_argument("--layers", type=str, default="auto",
-                   help="'auto', module names or glob patterns, comma-separated (e.g. 'transformer.h.*')")
-    p.add_argument("--pooling", type=str, default=None,
-                   help="last | mean (text; default last), channel | flat | mean (images; default channel)")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=32, help="stimuli per forward pass")
-    p.add_argument("--out", type=str, required=True, help="the activation file to write (.h5)")
-    p.add_argument("--overwrite", action=ActionYesNo, default=False,
-                   help="replace an existing --out (and discard a partial extraction into it)")
-    p.add_argument("--resume", action=ActionYesNo, default=False,
-                   help="continue a killed extraction (also done without this flag when the settings match); "
-                        "an error if there is nothing to resume")
-    p.add_argument("--segment_mb", "--segment-mb", type=float, default=1024.0,
-                   help="commit recorded rows to disk every this many MB per process (what a crash can lose)")
-    p.add_argument("--nan_policy", "--nan-policy", type=str, default="error",
-                   help="error (stop at the first NaN/inf activation, naming layer and stimulus) | allow (record)")
-    p.add_argument("--tokenizer", type=str, default=None, help="tokenizer for a package.module:callable model")
-    p.add_argument("--transform", type=str, default=None,
-                   help="package.module:callable mapping a PIL image to a [C,H,W] tensor")
-    p.add_argument("--padding_side", "--padding-side", type=str, default="right", help="right | left")
-    p.add_argument("--max_length", "--max-length", type=int, default=None, help="truncate texts to this many tokens")
-    p.add_argument("--num_workers", "--num-workers", type=int, default=0, help="DataLoader worker processes")
-    p.add_argument("--trust_remote_code", action=ActionYesNo, default=False,
-                   help="allow code shipped with a hub model to run")
-    p.add_argument("--selection", type=str, default=None,
-                   help="also compute the selection online while recording and write it here (options below)")
-    _add_selection_arguments(p)
-    p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
-    p.set_defaults({"trainer.accelerator": "auto", "trainer.enable_model_summary": False})
+
+def _new_parser(command: str, fn: Callable, config_help: str = "a YAML file with any of these options"):
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    p = ArgumentParser(prog=f"localizer {command}", exit_on_error=False, description=_description(fn))
+    p.add_argument("--config", action=ActionConfigFile, help=config_help)
     return p
 
 
-def _add_selection_arguments(p) -> None:
-    from jsonargparse import ActionYesNo
+def _add_trainer(p) -> None:
+    from localizer.trainer import TrainerOptions
 
-    p.add_argument("--abs", action=ActionYesNo, default=False,
-                   help="test |activation| (as AlKhamissi et al.) instead of the signed activation")
-    p.add_argument("--alternative", type=str, default="greater", help="greater (positive > control) | two-sided")
-    p.add_argument("--top", type=str, default="1%", help="select the top PCT%% of units by t (k = floor(PCT x U / 100))")
-    p.add_argument("--per_layer", "--per-layer", action=ActionYesNo, default=False,
-                   help="with --top: the top PCT%% of each layer")
-    p.add_argument("--count", type=int, default=None, help="select K units instead of a percentage")
-    p.add_argument("--fdr", type=float, default=None, help="select units with q < Q and t > 0")
-    p.add_argument("--range", type=str, default=None,
-                   help="select K random units whose t percentile lies in LOW-HIGH (K from --top or --count)")
-    p.add_argument("--bottom", action=ActionYesNo, default=False,
-                   help="select the K least selective units, smallest |t| (K from --top or --count)")
-    p.add_argument("--controls", type=int, default=10, help="random control sets of each kind")
-    p.add_argument("--seed", type=int, default=0, help="seed of the control sets and split halves")
-    p.add_argument("--split_half", "--split-half", action=ActionYesNo, default=False,
-                   help="also localize on two random halves of the localize rows; report their Dice overlap")
+    p.add_class_arguments(TrainerOptions, "trainer", help="Lightning Trainer options")
 
 
-def _selection_options(cfg):
-    from localizer.selection import SelectionOptions
+def build_parser(command: str):
+    """The jsonargparse parser of one subcommand (no torch or Lightning import)."""
+    if command == "extract":
+        from localizer.recording.extract import extract
 
-    rules = [name for name, on in (("fdr", cfg.fdr is not None), ("range", cfg.range is not None),
-                                   ("bottom", cfg.bottom)) if on]
-    if len(rules) > 1:
-        raise LocalizerError(f"choose one of --fdr, --range, --bottom (got {', '.join(rules)})")
-    if cfg.fdr is not None and cfg.count is not None:
-        raise LocalizerError("--count does not apply to --fdr (it selects every unit with q < Q and t > 0)")
-    if cfg.per_layer and (rules or cfg.count is not None):
-        raise LocalizerError("--per-layer works with --top only")
-    return SelectionOptions(rule=rules[0] if rules else "top", top=cfg.top, count=cfg.count, per_layer=cfg.per_layer,
-                            fdr=cfg.fdr, range=cfg.range, abs=cfg.abs, alternative=cfg.alternative,
-                            controls=cfg.controls, seed=cfg.seed, split_half=cfg.split_half)
+        p = _new_parser(command, extract)
+        p.add_function_arguments(extract, skip={"trainer"}, as_group=False)
+        _add_trainer(p)
+    elif command == "select":
+        from localizer.selection.select import select
 
+        p = _new_parser(command, select)
+        p.add_function_arguments(select, as_group=False)
+    elif command == "ablate":
+        from localizer.ablation.ablate import ablate
 
-def _select_parser():
-    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+        p = _new_parser(command, ablate)
+        p.add_function_arguments(ablate, skip={"trainer"}, as_group=False)
+        _add_trainer(p)
+    elif command == "run":
+        from localizer.ablation.ablate import ablate
+        from localizer.recording.extract import extract, record
+        from localizer.run import NOT_FROM_EXTRACT, SELECT_OPTIONS, run
+        from localizer.selection.select import select
 
-    p = ArgumentParser(prog="localizer select", exit_on_error=False, description=(
-        "Per-unit selectivity (Welch t, p, BH-FDR q, Cohen's d) of positive vs control stimuli from an activation "
-        "file; select the network and matched random controls; write a selection file."))
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
-    p.add_argument("--activations", type=str, required=True, help="activation file written by localizer extract")
-    p.add_argument("--out", type=str, required=True, help="the selection file to write (.h5)")
-    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing --out")
-    p.add_argument("--log_dir", "--log-dir", type=str, default="lightning_logs", help="TensorBoard folder")
-    _add_selection_arguments(p)
+        p = _new_parser(command, run, "a YAML file, or a shipped config by name: language (the default) | faces")
+        forwarded = set(inspect.signature(record).parameters) - {"model", "stimuli", "log_dir"}  # run's **options
+        p.add_function_arguments(run, skip={"select", "ablate", "trainer"} | forwarded, as_group=False)
+        p.add_function_arguments(extract, skip=NOT_FROM_EXTRACT | set(SELECT_OPTIONS), as_group=False)
+        p.add_function_arguments(select, "select", skip=RUN_SKIPS_SELECT)
+        p.add_function_arguments(ablate, "ablate", skip=RUN_SKIPS_ABLATE)
+        p.add_argument("--ablate.tasks", type=list[dict[str, Optional[str]]], default=[], help=TASKS_HELP)
+        _add_trainer(p)
+    elif command == "check":
+        from jsonargparse import ArgumentParser
+
+        from localizer.files.check import check
+
+        p = ArgumentParser(prog="localizer check", exit_on_error=False, description=(
+            _description(check).split("\n\n")[0] + " Exit status: 0 all files OK, 1 a problem was found (one line "
+            "each), 2 bad usage."))
+        p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
+    else:
+        raise KeyError(command)
     return p
 
 
-def _select(argv: list[str]) -> int:
-    cfg = _parse(_select_parser(), argv)
-    options = _selection_options(cfg)
-    from pathlib import Path
+# --- argv before parsing ------------------------------------------------------------------------------------------
 
-    from localizer.extract import check_output
-    from localizer.report import print_selection
-    from localizer.selectivity import select_from_file
-
-    check_output(Path(cfg.out), cfg.overwrite)
-    result = select_from_file(cfg.activations, cfg.out, options, log_dir=cfg.log_dir)
-    print_selection(result)
-    print(f"wrote {cfg.out}")
-    return 0
+def option_actions(parser) -> dict[str, Any]:
+    """``{"--name": action}`` for every option string of ``parser`` (nested ``--select.top`` included)."""
+    return {s: a for s, a in parser._option_string_actions.items() if s.startswith("--")}
 
 
-def _extract(argv: list[str]) -> int:
-    parser = _extract_parser()
-    cfg = _parse(parser, argv)
-    from localizer.extract import extract
+def _is_switch(action) -> bool:
+    hint = getattr(action, "_typehint", None)
+    return hint is bool or hint == Optional[bool]
 
-    trainer = cfg.trainer.as_dict()
-    selection = None
-    if cfg.selection:
-        selection = (cfg.selection, _selection_options(cfg))
-    path = extract(cfg.model, cfg.stimuli, cfg.out, layers=cfg.layers, pooling=cfg.pooling,
-                   batch_size=cfg.batch_size, control=cfg.control, tokenizer=cfg.tokenizer, transform=cfg.transform,
-                   padding_side=cfg.padding_side, max_length=cfg.max_length, num_workers=cfg.num_workers,
-                   overwrite=cfg.overwrite, trust_remote_code=cfg.trust_remote_code, trainer=trainer,
-                   selection=selection, resume=cfg.resume, segment_mb=cfg.segment_mb, nan_policy=cfg.nan_policy)
+
+def normalize(argv: list[str], parser, command: str) -> list[str]:
+    """Canonical underscores for dashed option names, ``true`` after a bare switch, ``--config`` values first
+    (shipped config names resolved for ``run``; ``run`` without ``--config`` uses the ``language`` config)."""
+    from localizer.resources import config_path
+
+    actions = option_actions(parser)
+    out: list[str] = []
+    for token in argv:
+        if token.startswith("--") and len(token) > 2:
+            name, eq, value = token.partition("=")
+            canonical = "--" + name[2:].replace("-", "_")
+            if name not in actions and canonical in actions:
+                token = canonical + eq + value
+        out.append(token)
+    configs: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(out):
+        token = out[i]
+        if token == "--config" and i + 1 < len(out):
+            configs += [token, out[i + 1]]
+            i += 2
+            continue
+        if token.startswith("--config="):
+            configs += ["--config", token.split("=", 1)[1]]
+        else:
+            rest.append(token)
+        i += 1
+    if command == "run":
+        configs = [config_path(c) or c if k % 2 else c for k, c in enumerate(configs)]
+        if not configs and not any(t in ("-h", "--help") for t in rest):
+            configs = ["--config", str(config_path("language"))]
+    argv = configs + rest
+    with_values: list[str] = []
+    for i, token in enumerate(argv):
+        with_values.append(token)
+        action = actions.get(token)
+        if action is not None and _is_switch(action):
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or following.startswith("--"):
+                with_values.append("true")
+    return with_values
+
+
+def _parse(parser, argv: list[str]):
+    try:
+        return parser.parse_args(argv)
+    except SystemExit:
+        raise
+    except Exception as e:  # jsonargparse raises ArgumentError (and others) with exit_on_error=False
+        raise LocalizerError(explain(str(e))) from e
+
+
+def explain(message: str) -> str:
+    """A jsonargparse error as one line naming the option, the value and what was expected."""
+    key = re.search(r'(?:Parser key|Key) "([^"]+)"', message)
+    if key and "is required" in message:
+        return f"option --{key.group(1)} is required"
+    if key:
+        value = re.search(r"(?:Got value|Given value): (.*)", message)
+        literal = re.search(r"Literal\[(.*?)\]", message)
+        got = repr(value.group(1).strip()) if value else "this value"
+        if literal:
+            choices = ", ".join(c.strip().strip("'\"") for c in literal.group(1).split(","))
+            return f"option --{key.group(1)}: {got} is not one of {choices}"
+        types = [t for t in re.findall(r"Expected a <class '(\w+)'>", message) if t != "NoneType"]
+        expected = " or ".join(dict.fromkeys(types)) or "another type"
+        return f"option --{key.group(1)}: expected {expected}, got {got}"
+    missing = re.match(r"the following arguments are required: (.*)", message)
+    if missing:
+        names = [n.strip() for n in missing.group(1).split(",")]
+        if names == ["files"]:  # localizer check's positional argument
+            return "give at least one file to check"
+        return "missing required option" + ("s " if len(names) > 1 else " ") + ", ".join(f"--{n}" for n in names)
+    return " ".join(first_line(Exception(message)).split())
+
+
+# --- the commands -------------------------------------------------------------------------------------------------
+
+def _extract(cfg) -> int:
+    from localizer.recording.extract import extract
+
+    kwargs = cfg.as_dict()
+    kwargs.pop("config", None)
+    path = extract(trainer=kwargs.pop("trainer"), **kwargs)
     from lightning.pytorch.utilities import rank_zero_info
 
     rank_zero_info(f"wrote {path}")
     return 0
 
 
-def _parse(parser, argv):
-    try:
-        return parser.parse_args(argv)
-    except Exception as e:  # jsonargparse raises ArgumentError (and others) with exit_on_error=False
-        raise LocalizerError(" ".join(first_line(e).split())) from e
+def _select(cfg) -> int:
+    from localizer.report import print_selection
+    from localizer.selection.select import select
+
+    kwargs = cfg.as_dict()
+    kwargs.pop("config", None)
+    print_selection(select(**kwargs))
+    print(f"wrote {cfg.out}")
+    return 0
 
 
-def _ablate_parser():
-    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
-    from lightning import Trainer
+def _ablate(cfg) -> int:
+    from localizer.ablation.ablate import ablate
 
-    p = ArgumentParser(prog="localizer ablate", exit_on_error=False, description=(
-        "Rerun a task with the selected units silenced and report metric deltas against random control sets."))
-    p.add_argument("--config", action=ActionConfigFile, help="YAML file with any of these options")
-    p.add_argument("--selection", type=str, required=True, help="selection file from localizer select")
-    p.add_argument("--task", type=str, required=True, help="classification | next-token | minimal-pairs | agreement")
-    p.add_argument("--model", type=str, default=None, help="the model (default: the one in the selection file)")
-    p.add_argument("--task_data", "--task-data", type=str, default=None,
-                   help="task data file/dir (default: the validation rows of the recorded stimuli)")
-    p.add_argument("--method", type=str, default="zero", help="zero | mean | scale=F")
-    p.add_argument("--controls", type=str, default="all", help="all, or control kinds, comma-separated")
-    p.add_argument("--n_controls", "--n-controls", type=int, default=None, help="use the first N sets of each kind")
-    p.add_argument("--sweep", type=str, default=None, help="top-%% values to re-select and evaluate, e.g. 0.5,1,2")
-    p.add_argument("--out", type=str, default=None, help="write the results document (JSON) here")
-    p.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace an existing --out")
-    p.add_argument("--batch_size", "--batch-size", type=int, default=16, help="task rows per batch")
-    p.add_argument("--max_length", "--max-length", type=int, default=None, help="truncate texts to this many tokens")
-    p.add_argument("--log_dir", "--log-dir", type=str, default="lightning_logs", help="TensorBoard folder")
-    p.add_argument("--trust_remote_code", action=ActionYesNo, default=False,
-                   help="allow code shipped with a hub model to run")
-    p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
-    p.set_defaults({"trainer.accelerator": "auto", "trainer.enable_model_summary": False})
-    return p
-
-
-def _ablate(argv: list[str]) -> int:
-    cfg = _parse(_ablate_parser(), argv)
-    from pathlib import Path
-
-    from localizer.ablation import run_ablation
-    from localizer.extract import check_output
-    from localizer.report import print_ablation
-
-    if cfg.out:
-        check_output(Path(cfg.out), cfg.overwrite)
-    doc = run_ablation(cfg.selection, cfg.task, model=cfg.model, task_data=cfg.task_data, method=cfg.method,
-                       controls=cfg.controls, n_controls=cfg.n_controls, sweep=cfg.sweep, out=cfg.out,
-                       batch_size=cfg.batch_size, max_length=cfg.max_length, log_dir=cfg.log_dir,
-                       trust_remote_code=cfg.trust_remote_code, trainer=cfg.trainer.as_dict())
+    kwargs = cfg.as_dict()
+    kwargs.pop("config", None)
+    doc = ablate(trainer=kwargs.pop("trainer"), **kwargs)
     from lightning.pytorch.utilities import rank_zero_only
+
+    from localizer.report import print_ablation
 
     if rank_zero_only.rank == 0:
         print_ablation(doc)
     return 0
 
 
-def _run_parser():
-    from typing import Optional
-
-    from jsonargparse import ActionConfigFile, ArgumentParser
-    from lightning import Trainer
-
-    p = ArgumentParser(prog="localizer run", exit_on_error=False, description=(
-        "Extract -> select -> ablate in one command. With no arguments: the language localizer on gemma-3-270m "
-        "(configs: language, faces; or any YAML file)."))
-    p.add_argument("--config", action=ActionConfigFile,
-                   help="a YAML file, or a shipped config by name: language | faces")
-    p.add_argument("--model", type=str, default="gemma-3-270m")
-    p.add_argument("--stimuli", type=str, default="language")
-    p.add_argument("--layers", type=str, default="auto")
-    p.add_argument("--pooling", type=Optional[str], default="last")
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--max_length", type=Optional[int], default=None)
-    p.add_argument("--output_dir", type=str, default="outputs/language-gemma-3-270m")
-    p.add_argument("--untrained", type=bool, default=False,
-                   help="also run on a randomly initialized copy of the model (a baseline)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the untrained copy's random initialization")
-    p.add_argument("--log_dir", type=str, default="lightning_logs")
-    p.add_argument("--select.top", type=str, default="1%")
-    p.add_argument("--select.abs", type=bool, default=True)
-    p.add_argument("--select.alternative", type=str, default="greater")
-    p.add_argument("--select.per_layer", type=bool, default=False)
-    p.add_argument("--select.count", type=Optional[int], default=None)
-    p.add_argument("--select.controls", type=int, default=5)
-    p.add_argument("--select.seed", type=int, default=0)
-    p.add_argument("--select.split_half", type=bool, default=False)
-    p.add_argument("--ablate.method", type=str, default="zero")
-    p.add_argument("--ablate.batch_size", type=int, default=8)
-    p.add_argument("--ablate.n_controls", type=Optional[int], default=None)
-    p.add_argument("--ablate.sweep", type=Optional[str], default=None)
-    p.add_argument("--ablate.tasks", type=list[dict[str, Optional[str]]],
-                   default=[{"task": "next-token", "data": "language-next-token"},
-                            {"task": "minimal-pairs", "data": "language-minimal-pairs"}])
-    p.add_class_arguments(Trainer, "trainer", skip=TRAINER_SKIP)
-    p.set_defaults({"trainer.accelerator": "auto", "trainer.devices": 1, "trainer.enable_model_summary": False})
-    return p
-
-
-def _run(argv: list[str]) -> int:
-    from localizer.run import config_path
-
-    argv = [config_path(a) if i and argv[i - 1] == "--config" else a for i, a in enumerate(argv)]
-    cfg = _parse(_run_parser(), argv).as_dict()
+def _run(cfg) -> int:
     from localizer.run import run
 
-    cfg.pop("config", None)
-    run(**cfg)
+    kwargs = cfg.as_dict()
+    kwargs.pop("config", None)
+    run(**kwargs)
     return 0
 
 
-def _check(argv: list[str]) -> int:
-    from jsonargparse import ArgumentParser
-
-    p = ArgumentParser(prog="localizer check", exit_on_error=False, description=(
-        "Verify activation and selection files: format version, shapes, /index = 0..N-1 with no gap or duplicate, "
-        "no NaN/inf, every segment file present, complete and mapped to its own stimuli. Exit status: 0 all files "
-        "OK, 1 a problem was found (one line each), 2 bad usage."))
-    p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
-    cfg = _parse(p, argv)
-    from localizer.integrity import check_file
+def _check(cfg) -> int:
+    from localizer.files.check import check
 
     status = 0
-    for path in cfg.files:
-        kind, summary, problems = check_file(path)
-        if problems:
+    for report in check(cfg.files):
+        if report.problems:
             status = 1
-            print(f"{path}: {len(problems)} problem{'s' if len(problems) > 1 else ''}"
-                  + (f" ({summary})" if summary else ""))
-            for problem in problems:
-                print(f"  {path}: {problem}")
+            n = len(report.problems)
+            print(f"{report.path}: {n} problem{'s' if n > 1 else ''}" + (f" ({report.summary})" if report.summary
+                                                                          else ""))
+            for problem in report.problems:
+                print(f"  {report.path}: {problem}")
         else:
-            print(f"{path}: OK ({summary})")
+            print(f"{report.path}: OK ({report.summary})")
     return status
 
 
@@ -312,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"localizer: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    speak_options()
     try:
-        return command(argv[1:])
+        parser = build_parser(argv[0])
+        cfg = _parse(parser, normalize(argv[1:], parser, argv[0]))
+        return command(cfg)
     except LocalizerError as e:
         print(f"localizer {argv[0]}: error: {e}", file=sys.stderr)
         return 2

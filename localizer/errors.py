@@ -1,13 +1,35 @@
-"""The one exception type for mistakes in the user's input.
+"""The one exception type for mistakes in the user's input, and how messages name the user's settings.
 
 Everything raised as :class:`LocalizerError` is a problem the user can fix (a bad path, a layer pattern that matches
 nothing, stimuli without a ``positive`` column, ...). The CLI prints its message on one line and exits with code 2;
 any other exception is a bug and keeps its traceback.
+
+Messages name a setting with :func:`opt`: as the Python parameter (``overwrite=True``) when the library is called
+from Python, as the command-line option (``--overwrite``) when the ``localizer`` command runs.
 """
+
+from __future__ import annotations
+
+_style = {"cli": False}
 
 
 class LocalizerError(ValueError):
     """A user-facing input error; the message says what was wrong and how to fix it."""
+
+
+def speak_options(cli: bool = True) -> None:
+    """Name settings as command-line options in messages from now on (the ``localizer`` command calls this)."""
+    _style["cli"] = cli
+
+
+def opt(name: str, value: object = None) -> str:
+    """A setting as the user wrote it: ``--name [value]`` on the command line, ``name[=value]`` in Python.
+
+    ``value=True`` stands for a switch (``--overwrite`` / ``overwrite=True``).
+    """
+    if _style["cli"]:
+        return f"--{name}" if value is None or value is True else f"--{name} {value}"
+    return name if value is None else f"{name}={value!r}"
 
 
 def first_line(e: BaseException) -> str:

@@ -162,15 +162,12 @@ def top_units(result, n: int = 8) -> list[tuple[str, int, float]]:
 def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: int = 8, n_top: int = 5) -> None:
     """For the most selective units, the stimuli that drive them most: a text table (``exemplars/text``) or an image
     grid (``exemplars/images``) in TensorBoard (``log_dir/exemplars``), and ``exemplars.md``/``.png`` in png_dir."""
-    import h5py
-
-    from localizer.storage import allow_sources
+    from localizer.files.activations import open_activations
 
     units = top_units(result, n_units)
     use_abs = bool(result.attrs.get("abs"))
     rows = []
-    allow_sources(activations)
-    with h5py.File(activations, "r") as f:
+    with open_activations(activations) as (f, _):
         for layer, u, t in units:
             x = f[f"activations/{layer}"][:, u]
             x = np.abs(x) if use_abs else x

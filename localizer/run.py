@@ -1,83 +1,94 @@
 """``localizer run``: extract → select → ablate in one command, with a printed summary, TensorBoard logs and files.
 
-Everything lands in ``output_dir``: ``activations.h5`` (+ shards), ``selection.h5``, ``results_<task>.json``,
-``summary.txt`` and PNG copies of the TensorBoard figures.
+Everything lands in ``output_dir``: ``activations.h5`` (+ segments), ``selection.h5``, ``results_<task>.json``,
+``summary.txt``, exemplars and PNG copies of the TensorBoard figures.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
-import os
 from contextlib import redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from localizer.errors import LocalizerError
+from localizer.errors import LocalizerError, opt
 
-DEFAULT_TASKS = [{"task": "next-token", "data": "language-next-token"},
-                 {"task": "minimal-pairs", "data": "language-minimal-pairs"}]
+# run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
+NOT_FROM_EXTRACT = {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}
+SELECT_OPTIONS = ("abs", "alternative", "top", "per_layer", "count", "fdr", "range", "bottom", "controls", "seed",
+                  "split_half")
+ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "num_workers", "tasks")
 
 
-def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "auto", pooling: str | None = "last",
-        batch_size: int = 16, max_length: int | None = None, output_dir: str = "outputs/language-gemma-3-270m",
-        select: dict[str, Any] | None = None, ablate: dict[str, Any] | None = None, untrained: bool = False,
-        log_dir: str = "lightning_logs", trainer: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run the whole localizer and return ``{"selection": SelectionResult, "ablation": {task: results doc}}``.
+def run(model: str, stimuli: str, output_dir: str, *, untrained: bool = False, seed: int = 0,
+        log_dir: str = "lightning_logs", select: Optional[dict[str, Any]] = None,
+        ablate: Optional[dict[str, Any]] = None, trainer: Optional[dict[str, Any]] = None,
+        **extract_options: Any) -> dict[str, Any]:
+    """Extract -> select -> ablate in one command, into one folder, with a printed summary.
 
     Args:
-        model, stimuli, layers, pooling, batch_size, max_length: as for :func:`localizer.extract`.
-        output_dir: where every file goes (replaced files: this command owns the folder).
-        select: :class:`localizer.selection.SelectionOptions` fields (``top``, ``abs``, ``controls``, ``seed``, ...).
-        ablate: ``method``, ``batch_size``, ``sweep``, ``n_controls`` and ``tasks`` (a list of ``{"task", "data"}``;
-            ``data`` null = the validation rows of the stimuli).
-        untrained: also run everything on a randomly initialized copy of the model (into ``output_dir/untrained``).
-        trainer: ``lightning.Trainer`` keyword arguments.
-        seed: the seed of the untrained copy's initialization.
-    """
-    from localizer.ablation import run_ablation
-    from localizer.models import load_model
-    from localizer.report import log_exemplars, print_run_summary
-    from localizer.selection import SelectionOptions
-    from localizer.selectivity import select_from_file
-    from localizer.stimuli import load_stimuli, modality
+        model: the model, as for extract.
+        stimuli: the localizer stimuli, as for extract.
+        output_dir: where every file goes (this command owns the folder: its files are replaced).
+        untrained: also run everything on a randomly initialized copy of the model (a baseline), into
+            output_dir/untrained.
+        seed: seed of the untrained copy's random initialization.
+        log_dir: TensorBoard folder.
+        select: options of the select step (the parameters of localizer select: top, abs, controls, ...).
+        ablate: options of the ablate step (method, controls, n_controls, sweep, batch_size, num_workers) and
+            tasks, a list of {task, data} (data null: the validation rows of the stimuli); no tasks: no ablation.
+        trainer: Lightning Trainer options (one process: devices auto means 1).
+        extract_options: any other parameter of extract (layers, pooling, batch_size, max_length, ...).
 
-    trainer = dict(trainer or {})
-    devices = trainer.get("devices", 1)
-    if isinstance(devices, str):
-        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else \
-            (int(devices) if devices.strip().lstrip("-").isdigit() else devices)
-    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or \
-        (isinstance(devices, (list, tuple)) and len(devices) > 1) or int(trainer.get("num_nodes") or 1) > 1
-    if many:
-        raise LocalizerError("localizer run is single-process; for several devices or nodes run localizer extract, "
-                             "select and ablate with the --trainer flags (see the README)")
-    trainer.setdefault("devices", 1)
-    select = dict(select or {})
+    Returns:
+        ``{"trained": {"selection": Selection, "ablation": {task: results document}}, "untrained": ...}``.
+    """
+    from localizer.ablation.ablate import run_ablation
+    from localizer.recording.extract import extract
+    from localizer.recording.models import load_model
+    from localizer.recording.stimuli import load_stimuli, modality
+    from localizer.report import log_exemplars, print_run_summary
+    from localizer.selection.options import SelectionOptions
+    from localizer.selection.select import select_file
+
+    allowed = set(inspect.signature(extract).parameters) - NOT_FROM_EXTRACT
+    for name, group, known in (("extract", extract_options, allowed), ("select", select or {}, SELECT_OPTIONS),
+                               ("ablate", ablate or {}, ABLATE_OPTIONS)):
+        unknown = sorted(set(group) - set(known))
+        if unknown:
+            raise LocalizerError(f"run: unknown {name} options {unknown}; choose from {', '.join(sorted(known))}")
+    trainer = _one_process(dict(trainer or {}))
+    options = SelectionOptions.from_parameters(**{k: v for k, v in (select or {}).items()})
     ablate = dict(ablate or {})
-    options = SelectionOptions(**{k: v for k, v in select.items() if v is not None})
-    tasks = ablate.get("tasks", DEFAULT_TASKS)
+    tasks = ablate.pop("tasks", None) or []
+    for spec in tasks:
+        if not isinstance(spec, dict) or "task" not in spec:
+            raise LocalizerError(f"{opt('ablate.tasks')}: each entry needs a task (and optionally data), got {spec!r}")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_stimuli(stimuli)
+    data = load_stimuli(stimuli, extract_options.get("control"))
     kind = modality(data)
-    loaded = load_model(model, kind)
+    loaded = load_model(model, kind, tokenizer=extract_options.get("tokenizer"),
+                        transform=extract_options.get("transform"),
+                        padding_side=extract_options.get("padding_side", "right"),
+                        trust_remote_code=extract_options.get("trust_remote_code", False))
     runs = [("trained", out, loaded)]
     if untrained:
         runs.append(("untrained", out / "untrained", _untrained_copy(loaded, seed)))
     summary = {}
     for label, folder, lm in runs:
         folder.mkdir(parents=True, exist_ok=True)
-        acts = _extract_or_resume(lm, data, folder / "activations.h5", layers=layers, pooling=pooling,
-                                  batch_size=batch_size, max_length=max_length, trainer=trainer, source=stimuli)
-        result = select_from_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
+        acts = _extract_or_resume(lm, data, folder / "activations.h5", trainer=trainer, source=stimuli,
+                                  **extract_options)
+        result = select_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
         log_exemplars(acts, result, data, log_dir, folder)
         docs = {}
         for spec in tasks:
             docs[spec["task"]] = run_ablation(
                 folder / "selection.h5", spec["task"], task_data=spec.get("data"), loaded=lm,
-                method=ablate.get("method", "zero"), n_controls=ablate.get("n_controls"), sweep=ablate.get("sweep"),
-                out=folder / f"results_{spec['task']}.json", batch_size=ablate.get("batch_size", 8),
-                max_length=max_length, log_dir=log_dir, trainer=trainer, png_dir=folder)
+                out=folder / f"results_{spec['task']}.json", max_length=extract_options.get("max_length"),
+                log_dir=log_dir, trainer=trainer, png_dir=folder, **ablate)
         summary[label] = {"selection": result, "ablation": docs}
         text = io.StringIO()
         with redirect_stdout(text):
@@ -87,13 +98,29 @@ def run(model: str = "gemma-3-270m", stimuli: str = "language", layers: str = "a
     return summary
 
 
+def _one_process(trainer: dict[str, Any]) -> dict[str, Any]:
+    """``trainer`` with one device; several devices or nodes are refused (run is single-process)."""
+    devices = trainer.get("devices", "auto")
+    if devices in (None, "auto"):
+        devices = 1
+    if isinstance(devices, str):
+        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else \
+            (int(devices) if devices.strip().lstrip("-").isdigit() else devices)
+    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or \
+        (isinstance(devices, (list, tuple)) and len(devices) > 1) or int(trainer.get("num_nodes") or 1) > 1
+    if many:
+        raise LocalizerError("localizer run is single-process; for several devices or nodes run localizer extract, "
+                             "select and ablate with the trainer options (see the README)")
+    return {**trainer, "devices": devices}
+
+
 def _untrained_copy(loaded, seed: int):
     """The same architecture with fresh random weights (Hugging Face: ``from_config``; others: reset_parameters)."""
     import copy
 
     import torch
 
-    from localizer.models import LoadedModel
+    from localizer.recording.models import LoadedModel
 
     torch.manual_seed(seed)
     if loaded.is_hf:
@@ -108,19 +135,13 @@ def _untrained_copy(loaded, seed: int):
                        loaded.is_hf)
 
 
-def config_path(name: str) -> str:
-    """A shipped config by name (``language``, ``faces``) → its path; anything else unchanged."""
-    p = Path(__file__).resolve().parent / "configs" / f"{name}.yaml"
-    return str(p) if p.exists() and not os.path.exists(name) else name
-
-
 def _extract_or_resume(model, data, path: Path, **kwargs) -> Path:
     """A finished earlier run is replaced; a killed one with the same settings is continued; else start over."""
-    from localizer.extract import extract
-    from localizer.resume import SettingsMismatch
+    from localizer.files.resume import SettingsMismatch
+    from localizer.recording.extract import record
 
     try:
-        return extract(model, data, path, overwrite=path.exists(), **kwargs)
+        return record(model, data, path, overwrite=path.exists(), **kwargs)
     except SettingsMismatch as e:
         print(f"{e.args[0].split(' (')[0]}: starting over")
-        return extract(model, data, path, overwrite=True, **kwargs)
+        return record(model, data, path, overwrite=True, **kwargs)

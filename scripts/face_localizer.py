@@ -14,15 +14,15 @@ from pathlib import Path
 import lightning as L
 
 from localizer.ablation import AblationDataModule, AblationModule, build_conditions, summarize
-from localizer.data import LocalizerDataModule
-from localizer.models import load_model
-from localizer.recording import ActivationRecorder
+from localizer.recording.datamodule import LocalizerDataModule
+from localizer.recording.models import load_model
+from localizer.recording.recorder import ActivationRecorder
 from localizer.report import print_ablation, print_selection
-from localizer.selection import SelectionOptions, read_selection
-from localizer.selectivity import SelectivityCallback
-from localizer.stimuli import load_stimuli
-from localizer.writer import HDF5ActivationWriter
-from localizer.tasks import make_task
+from localizer.selection import Selection, SelectionOptions
+from localizer.selection.callback import SelectivityCallback
+from localizer.recording.stimuli import load_stimuli
+from localizer.files.writer import HDF5ActivationWriter
+from localizer.ablation.tasks import make_task
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
     if trainer.is_global_zero and select.result is not None:
         print_selection(select.result)
 
-    selection = read_selection(out / "selection.h5")
+    selection = Selection.read(out / "selection.h5")
     conditions = build_conditions(selection, "zero", ["global", "layer_matched", "magnitude_matched"], None)
     held_out = stimuli.filter(lambda s: s == "validation", input_columns="split")
     task = make_task("agreement", held_out, loaded.processor, loaded.transform)
@@ -59,7 +59,7 @@ def main() -> None:
     trainer.validate(module, datamodule=AblationDataModule(task, held_out, batch_size=32), verbose=False)
     if trainer.is_global_zero:
         print_ablation(summarize(module.results, conditions, "agreement", "zero",
-                                 int(selection["attrs"]["n_selected"])))
+                                 selection.n_selected))
 
 
 if __name__ == "__main__":

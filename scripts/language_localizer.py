@@ -16,15 +16,15 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from localizer.ablation import AblationDataModule, AblationModule, build_conditions, summarize
-from localizer.data import LocalizerDataModule
-from localizer.models import load_model
-from localizer.recording import ActivationRecorder
+from localizer.recording.datamodule import LocalizerDataModule
+from localizer.recording.models import load_model
+from localizer.recording.recorder import ActivationRecorder
 from localizer.report import print_ablation, print_selection
-from localizer.selection import SelectionOptions, read_selection
-from localizer.selectivity import SelectivityCallback
-from localizer.stimuli import load_stimuli
-from localizer.writer import HDF5ActivationWriter
-from localizer.tasks import load_task_data, make_task
+from localizer.selection import Selection, SelectionOptions
+from localizer.selection.callback import SelectivityCallback
+from localizer.recording.stimuli import load_stimuli
+from localizer.files.writer import HDF5ActivationWriter
+from localizer.ablation.tasks import load_task_data, make_task
 
 
 def main() -> None:
@@ -61,7 +61,7 @@ def main() -> None:
         print_selection(select.result)
 
     # 3. ablate: baseline, localized and every control set in one validation pass
-    selection = read_selection(out / "selection.h5")
+    selection = Selection.read(out / "selection.h5")
     conditions = build_conditions(selection, args.method, ["global", "layer_matched", "magnitude_matched"], None)
     task_data = load_task_data(args.task_data, "next-token")
     task = make_task("next-token", task_data, loaded.processor)
@@ -69,7 +69,7 @@ def main() -> None:
     trainer.validate(module, datamodule=AblationDataModule(task, task_data, batch_size=8), verbose=False)
     if trainer.is_global_zero:
         print_ablation(summarize(module.results, conditions, "next-token", args.method,
-                                 int(selection["attrs"]["n_selected"])))
+                                 selection.n_selected))
 
 
 if __name__ == "__main__":

@@ -11,9 +11,11 @@ import torch
 
 from conftest import make_texts, write_jsonl
 from localizer import extract
-from localizer.ablation import control_statistics, run_ablation
-from localizer.selection import SelectionOptions, read_selection
-from localizer.selectivity import select_from_file
+from localizer.ablation.ablate import run_ablation
+from localizer.ablation.summary import control_statistics
+from localizer.files.selection_file import read_selection_file
+from localizer.selection import SelectionOptions
+from localizer.selection.select import select_file
 
 CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 
@@ -22,7 +24,7 @@ CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 def gpt2_selection(gpt2_dir, text_file, tmp_path_factory):
     d = tmp_path_factory.mktemp("gpt2sel")
     acts = extract(gpt2_dir, text_file, d / "acts.h5", layers="transformer.h.*", trainer=CPU)
-    select_from_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
+    select_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
     return d / "sel.h5"
 
 
@@ -64,7 +66,7 @@ def test_next_token_baseline_and_localized_match_direct_computation(gpt2_dir, gp
     acc, ce = next_token_reference(gpt2_dir, texts)
     assert doc["baseline"]["accuracy"] == pytest.approx(acc, abs=1e-12)
     assert doc["baseline"]["cross_entropy"] == pytest.approx(ce, rel=1e-5)
-    sel = read_selection(gpt2_selection)
+    sel = read_selection_file(gpt2_selection)
     zero = {i: np.flatnonzero(sel["mask"][f"transformer.h.{i}"]) for i in range(2)}
     acc_l, ce_l = next_token_reference(gpt2_dir, texts, {i: d for i, d in zero.items() if len(d)})
     assert doc["localized"]["accuracy"] == pytest.approx(acc_l, abs=1e-12)
@@ -83,7 +85,7 @@ def test_next_token_baseline_and_localized_match_direct_computation(gpt2_dir, gp
 def test_mean_ablation_uses_selection_means_and_scale_one_is_identity(gpt2_dir, gpt2_selection, tmp_path):
     texts = [r["text"] for r in make_texts(15, seed=9)]
     data = write_jsonl(tmp_path / "task.jsonl", [{"text": t} for t in texts])
-    sel = read_selection(gpt2_selection)
+    sel = read_selection_file(gpt2_selection)
     doc = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, method="mean", batch_size=4,
                        log_dir=None, trainer=CPU)
     dims = {i: np.flatnonzero(sel["mask"][f"transformer.h.{i}"]) for i in range(2)}
@@ -135,12 +137,12 @@ def planted(tmp_path_factory):
     ds.save_to_disk(str(d / "stimuli"))
     acts = extract("planted_models:planted_cnn", d / "stimuli", d / "acts.h5", layers="features",
                    transform="planted_models:to_tensor", batch_size=50, trainer=CPU)
-    select_from_file(acts, d / "sel.h5", SelectionOptions(count=2, controls=12, seed=0), log_dir=None)
+    select_file(acts, d / "sel.h5", SelectionOptions(count=2, controls=12, seed=0), log_dir=None)
     return d
 
 
 def test_planted_units_are_necessary_and_controls_are_not(planted, tmp_path):
-    sel = read_selection(planted / "sel.h5")
+    sel = read_selection_file(planted / "sel.h5")
     assert np.flatnonzero(sel["mask"]["features"]).tolist() == [0, 1]
     doc = run_ablation(planted / "sel.h5", "classification", model="planted_models:planted_cnn",
                        task_data=None, batch_size=32, log_dir=tmp_path / "tb", trainer=CPU,
@@ -183,7 +185,7 @@ def planted_logits_by_hand(planted):
 
 
 def _planted_loaded():
-    from localizer.models import load_model
+    from localizer.recording.models import load_model
 
     return load_model("planted_models:planted_cnn", "image", transform="planted_models:to_tensor")
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from localizer.stimuli import load_stimuli
+from localizer.recording.stimuli import load_stimuli
 
 
 def test_language_counts_balance_and_nonwords():
@@ -36,7 +36,7 @@ def test_language_counts_balance_and_nonwords():
 
 
 def test_language_tasks():
-    from localizer.builtin import builtin
+    from localizer.recording.builtin import builtin
 
     texts = builtin("language-next-token")["text"]
     pairs = builtin("language-minimal-pairs")

@@ -30,12 +30,12 @@ def w(gpt2_dir, bert_dir, resnet_dir, text_file, tmp_path_factory):
     """Shared valid inputs: models, stimuli, a GPT-2 activation file + selection, a synthetic activation file."""
     from localizer import extract
     from localizer.selection import SelectionOptions
-    from localizer.selectivity import select_from_file
+    from localizer.selection.select import select_file
 
     d = tmp_path_factory.mktemp("catalogue")
     acts = extract(gpt2_dir, text_file, d / "acts.h5", layers="transformer.h.*", segment_mb=0.001,
                    trainer={"accelerator": "cpu", "enable_progress_bar": False})
-    select_from_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
+    select_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
     layers, positive = synthetic(seed=4)
     syn = write_activation_file(d / "syn.h5", layers, positive)
     return SimpleNamespace(gpt2=gpt2_dir, bert=bert_dir, resnet=resnet_dir, text=text_file, acts=acts,
@@ -152,12 +152,12 @@ def ablate_args(case):
         elif case == "no validation rows":
             from localizer import extract
             from localizer.selection import SelectionOptions
-            from localizer.selectivity import select_from_file
+            from localizer.selection.select import select_file
 
             rows = [{"text": r["text"], "positive": r["positive"]} for r in make_texts(12)]
             acts = extract(w.gpt2, write_jsonl(t / "ns.jsonl", rows), t / "ns.h5",
                            trainer={"accelerator": "cpu", "enable_progress_bar": False})
-            select_from_file(acts, t / "ns_sel.h5", SelectionOptions(count=2, controls=1), log_dir=None)
+            select_file(acts, t / "ns_sel.h5", SelectionOptions(count=2, controls=1), log_dir=None)
             args[2] = t / "ns_sel.h5"
             del args[7:9]  # no --task-data: the recorded stimuli's validation rows
         return args, t / "r.json"
@@ -200,7 +200,7 @@ CASES = {
     "unknown option": (lambda w, t: (extract_args(w, t, "--no-such-option", "1"), t / "a.h5"), "no-such-option"),
     "extract config with unknown key": (yaml_with_unknown_key("extract"), "colour"),
     "unknown nan policy": (lambda w, t: (extract_args(w, t, "--nan_policy", "zero"), t / "a.h5"),
-                           "unknown --nan_policy 'zero'"),
+                           "option --nan_policy: 'zero' is not one of error, allow"),
     "resume with nothing to resume": (lambda w, t: (extract_args(w, t, "--resume"), t / "a.h5"),
                                       "nothing to resume"),
     "partial extraction with other settings": (partial_with_other_settings,
@@ -218,7 +218,7 @@ CASES = {
     "--top selecting no unit": (select_args("--top", "0.1%"), "k = 0 units"),
     "two selection rules": (select_args("--bottom", "--fdr", "0.1"), "choose one of"),
     "--count with --fdr": (select_args("--count", "5", "--fdr", "0.1"), "--count does not apply to --fdr"),
-    "unknown alternative": (select_args("--alternative", "less"), "--alternative must be"),
+    "unknown alternative": (select_args("--alternative", "less"), "option --alternative: 'less' is not one of greater, two-sided"),
     "more controls than the pool": (select_args("--count", "148"), "only"),
     "more layer-matched controls than a layer": (select_args("--count", "70"), "layer-matched controls need"),
     # ablate

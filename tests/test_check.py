@@ -18,13 +18,13 @@ N = 12
 def files(gpt2_dir, tmp_path_factory):
     from localizer import extract
     from localizer.selection import SelectionOptions
-    from localizer.selectivity import select_from_file
+    from localizer.selection.select import select_file
 
     d = tmp_path_factory.mktemp("check")
     stimuli = write_jsonl(d / "s.jsonl", make_texts(N, seed=3))
     extract(gpt2_dir, stimuli, d / "a.h5", batch_size=2, segment_mb=0.0001,
             trainer={"accelerator": "cpu", "enable_progress_bar": False})
-    select_from_file(d / "a.h5", d / "sel.h5", SelectionOptions(top="10%", controls=2), log_dir=None)
+    select_file(d / "a.h5", d / "sel.h5", SelectionOptions(top="10%", controls=2), log_dir=None)
     return d
 
 

@@ -75,7 +75,7 @@ def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
 def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_path):
     """Batch size 1 and one thread per process make the activations bitwise equal across runs, so the statistics
     must agree to rounding: 2-process online = 1-process online = offline `localizer select` on the file."""
-    from localizer.selection import read_selection
+    from localizer.files.selection_file import read_selection_file
 
     stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(37, seed=5))
     sel_args = ["--top", "5%", "--controls", "3", "--seed", "4", "--split-half"]
@@ -87,11 +87,11 @@ def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_pat
         r = run_cli(*common, "--out", tmp_path / f"{name}.h5", "--selection", tmp_path / f"{name}_sel.h5", *extra,
                     cwd=tmp_path, extra_env=env_one)
         assert r.returncode == 0, r.stderr[-3000:]
-        runs[name] = read_selection(tmp_path / f"{name}_sel.h5")
+        runs[name] = read_selection_file(tmp_path / f"{name}_sel.h5")
     off = run_cli("select", "--activations", tmp_path / "two.h5", "--out", tmp_path / "off_sel.h5", *sel_args,
                   cwd=tmp_path)
     assert off.returncode == 0, off.stderr[-3000:]
-    runs["offline"] = read_selection(tmp_path / "off_sel.h5")
+    runs["offline"] = read_selection_file(tmp_path / "off_sel.h5")
 
     a, _ = contents(tmp_path / "one.h5")
     b, _ = contents(tmp_path / "two.h5")

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_texts, write_jsonl
 from localizer.cli import main
 from localizer.errors import LocalizerError
-from localizer.stimuli import load_stimuli
+from localizer.recording.stimuli import load_stimuli
 
 
 def cli_error(capsys, *args) -> str:

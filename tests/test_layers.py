@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from localizer.errors import LocalizerError
-from localizer.layers import auto_layers, pool, resolve_layers
+from localizer.recording.layers import auto_layers, pool, resolve_layers
 
 
 def gpt2():

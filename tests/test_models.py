@@ -8,7 +8,7 @@ import types
 import pytest
 import torch
 
-from localizer.models import load_model
+from localizer.recording.models import load_model
 
 
 def test_gguf_model_is_converted_once_and_cached(tmp_path, monkeypatch, gpt2_dir):
@@ -52,7 +52,7 @@ def test_efficientnet_lite0_is_a_real_imagenet_model():
     from PIL import Image
     from skimage import data
 
-    from localizer.layers import auto_layers
+    from localizer.recording.layers import auto_layers
 
     loaded = load_model("efficientnet-lite0", "image")
     assert sum(p.numel() for p in loaded.model.parameters()) == pytest.approx(4.65e6, rel=0.02)

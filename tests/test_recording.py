@@ -42,7 +42,7 @@ def text_reference(model_dir, texts):
 
 
 def test_gpt2_last_and_mean_match_hidden_states(gpt2_dir, text_file, tmp_path):
-    from localizer.stimuli import load_stimuli
+    from localizer.recording.stimuli import load_stimuli
 
     texts = load_stimuli(text_file)["text"]
     ref_last, ref_mean, model = text_reference(gpt2_dir, texts)
@@ -86,7 +86,7 @@ def test_bert_left_padding_matches_unpadded(bert_dir, text_file, tmp_path):
     """A bidirectional encoder with absolute positions: left padding needs mask-derived position ids too."""
     from transformers import AutoTokenizer, BertModel
 
-    from localizer.stimuli import load_stimuli
+    from localizer.recording.stimuli import load_stimuli
 
     texts = load_stimuli(text_file)["text"]
     tok = AutoTokenizer.from_pretrained(bert_dir)
@@ -104,7 +104,7 @@ def image_reference(model_dir, image_folder):
     """Per image (batch of 1): ResNet hidden states → [N, C, H, W] per hidden-state index, in dataset order."""
     from transformers import AutoImageProcessor, ResNetForImageClassification
 
-    from localizer.stimuli import load_stimuli
+    from localizer.recording.stimuli import load_stimuli
 
     ds = load_stimuli(image_folder)
     proc = AutoImageProcessor.from_pretrained(model_dir)
@@ -156,7 +156,7 @@ def test_plain_module_with_transform(tmp_path, image_folder):
     try:
         from userpkg import nets
 
-        from localizer.stimuli import load_stimuli
+        from localizer.recording.stimuli import load_stimuli
 
         out = extract("userpkg.nets:tiny", image_folder, tmp_path / "plain.h5", layers="1,3", batch_size=5,
                       transform="userpkg.nets:to_tensor", trainer=CPU)

@@ -213,7 +213,7 @@ def test_a_rank_whose_launcher_died_stops_at_its_next_batch(tmp_path):
     import torch
 
     from localizer.errors import LocalizerError
-    from localizer.writer import HDF5ActivationWriter
+    from localizer.files.writer import HDF5ActivationWriter
 
     writer = HDF5ActivationWriter(tmp_path / "x.h5", n_stimuli=4)
     writer._ppid = os.getppid() + 1  # the pid recorded when this rank was launched: no longer the parent
@@ -244,7 +244,7 @@ def test_an_unreadable_segment_is_named_and_the_folder_is_not_left_locked(setup,
 def test_weights_fingerprint_tells_checkpoints_apart():
     import torch
 
-    from localizer.extract import weights_fingerprint
+    from localizer.recording.extract import weights_fingerprint
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)

@@ -10,8 +10,10 @@ import pytest
 from scipy import stats
 
 from localizer.cli import main
-from localizer.selection import SelectionOptions, read_selection
-from localizer.selectivity import half_assignment, select_from_file
+from localizer.files.selection_file import read_selection_file
+from localizer.selection import SelectionOptions
+from localizer.selection.metric import half_assignment
+from localizer.selection.select import select_file
 
 
 def write_activation_file(path, layers: dict[str, np.ndarray], positive, split=None):
@@ -57,7 +59,7 @@ def test_t_p_q_match_scipy_with_large_offset(tmp_path, alternative):
     layers, positive = synthetic()
     f = write_activation_file(tmp_path / "a.h5", layers, positive)
     opts = SelectionOptions(alternative=alternative, controls=0)
-    result = select_from_file(f, tmp_path / "s.h5", opts, chunk_bytes=8 * 150 * 10, log_dir=None)  # 10-row chunks
+    result = select_file(f, tmp_path / "s.h5", opts, chunk_bytes=8 * 150 * 10, log_dir=None)  # 10-row chunks
     x = np.concatenate([v.astype(np.float32).astype(np.float64) for v in layers.values()], axis=1)
     valid = x.std(0) > 0
     ref = stats.ttest_ind(x[positive][:, valid], x[~positive][:, valid], equal_var=False, alternative=alternative)
@@ -66,7 +68,7 @@ def test_t_p_q_match_scipy_with_large_offset(tmp_path, alternative):
     p_all = result.stats["p"]
     assert rel(result.stats["q"], stats.false_discovery_control(p_all.ravel())) < 1e-6
     assert np.all(result.stats["t"][~valid] == 0) and np.all(p_all[~valid] == 1)
-    sel = read_selection(tmp_path / "s.h5")
+    sel = read_selection_file(tmp_path / "s.h5")
     for i, name in enumerate(layers):
         xs = layers[name].astype(np.float32).astype(np.float64)
         s = sel["stats"][name]
@@ -98,7 +100,7 @@ def test_abs_top1_is_the_alkhamissi_rule(tmp_path):
     k = int(0.01 * t.size)
     want = np.zeros(t.size, dtype=bool)
     want[np.argsort(-t)[:k]] = True
-    sel = read_selection(tmp_path / "s.h5")
+    sel = read_selection_file(tmp_path / "s.h5")
     got = np.concatenate([sel["mask"][name] for name in layers])
     assert k == 12 and got.sum() == k
     np.testing.assert_array_equal(got, want)
@@ -110,10 +112,10 @@ def test_planted_units_and_controls(tmp_path):
     layers, positive = synthetic(seed=5, planted=planted, units=(60, 80, 60))
     f = write_activation_file(tmp_path / "a.h5", layers, positive)
     opts = SelectionOptions(count=len(planted), controls=20, seed=7)
-    r = select_from_file(f, tmp_path / "s.h5", opts, log_dir=None)
+    r = select_file(f, tmp_path / "s.h5", opts, log_dir=None)
     assert np.flatnonzero(r.mask).tolist() == planted
     layer = r.layout.layer_of()
-    sel = read_selection(tmp_path / "s.h5")
+    sel = read_selection_file(tmp_path / "s.h5")
     for kind in ("global", "layer_matched", "magnitude_matched"):
         assert len(sel["controls"][kind]) == 20
         for c in sel["controls"][kind]:
@@ -137,7 +139,7 @@ def test_magnitude_matched_controls_match_magnitudes(tmp_path):
     planted = rng.choice(big, 12, replace=False)
     x[np.ix_(positive, planted)] += 2 * scale[planted]
     f = write_activation_file(tmp_path / "a.h5", {"a": x[:, :300], "b": x[:, 300:]}, positive)
-    r = select_from_file(f, tmp_path / "s.h5", SelectionOptions(count=12, controls=10, seed=1), log_dir=None)
+    r = select_file(f, tmp_path / "s.h5", SelectionOptions(count=12, controls=10, seed=1), log_dir=None)
     mag = r.stats["mean_abs_all"]
     m_sel = np.sort(mag[r.mask])
 
@@ -156,7 +158,7 @@ def test_selection_rules(tmp_path):
     total = 150
 
     def run(**kw):
-        return select_from_file(f, tmp_path / "s.h5", SelectionOptions(controls=0, **kw), log_dir=None)
+        return select_file(f, tmp_path / "s.h5", SelectionOptions(controls=0, **kw), log_dir=None)
 
     t_valid = None
     r = run(top="2%")
@@ -186,7 +188,7 @@ def test_validation_split_and_split_half(tmp_path):
     n = len(positive)
     split = np.where(np.arange(n) % 4 == 3, "validation", "localize")
     f = write_activation_file(tmp_path / "a.h5", layers, positive, split)
-    r = select_from_file(f, tmp_path / "s.h5", SelectionOptions(count=15, controls=0, split_half=True, seed=3),
+    r = select_file(f, tmp_path / "s.h5", SelectionOptions(count=15, controls=0, split_half=True, seed=3),
                          log_dir=None)
     x = np.concatenate([v.astype(np.float32).astype(np.float64) for v in layers.values()], axis=1)
     loc, val = split == "localize", split == "validation"
@@ -207,7 +209,7 @@ def test_validation_split_and_split_half(tmp_path):
         m[np.argsort(-t, kind="stable")[:15]] = True
         masks.append(m)
     want = 2 * (masks[0] & masks[1]).sum() / 30
-    sel = read_selection(tmp_path / "s.h5")
+    sel = read_selection_file(tmp_path / "s.h5")
     assert sel["attrs"]["dice_split_half"] == pytest.approx(want)
     assert sel["attrs"]["dice_chance"] == pytest.approx(15 / valid.sum())
     assert abs((half[loc] == 0).mean() - 0.5) < 0.1
@@ -219,7 +221,7 @@ def test_tensorboard_histograms_and_figure(tmp_path):
 
     layers, positive = synthetic(seed=1)
     f = write_activation_file(tmp_path / "a.h5", layers, positive)
-    select_from_file(f, tmp_path / "s.h5", SelectionOptions(controls=1), log_dir=tmp_path / "tb")
+    select_file(f, tmp_path / "s.h5", SelectionOptions(controls=1), log_dir=tmp_path / "tb")
     runs = list((tmp_path / "tb" / "select").iterdir())
     acc = EventAccumulator(str(runs[0]), size_guidance={"histograms": 0, "images": 0, "scalars": 0}).Reload()
     tags = acc.Tags()

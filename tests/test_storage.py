@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from localizer.errors import LocalizerError
-from localizer.storage import _runs, _SegmentWriter, read_metadata, shard_dir, write_master
+from localizer.files.activations import read_metadata, segment_dir, strided_runs, write_master
+from localizer.files.segments import SegmentWriter
 
 META = {"model": "m", "model_class": "C", "pooling": "last", "layers": ["a", "b"]}
 
@@ -17,7 +18,7 @@ def write_shards(out, parts, units=(3, 5), seed=0):
     rng = np.random.default_rng(seed)
     table = {layer: rng.normal(size=(100, u)).astype(np.float32) for layer, u in zip("ab", units)}
     for rank, idx in enumerate(parts):
-        w = _SegmentWriter(segment(out, rank))
+        w = SegmentWriter(segment(out, rank))
         idx = np.asarray(idx, dtype=np.int64)
         for chunk in np.array_split(idx, max(1, len(idx) // 3)) if len(idx) else []:
             w.append(chunk, chunk % 2 == 0, [f"s{i}" for i in chunk], {k: v[chunk] for k, v in table.items()})
@@ -26,7 +27,7 @@ def write_shards(out, parts, units=(3, 5), seed=0):
 
 
 def segment(out, rank, seq=0):
-    return shard_dir(out) / f"part-0000-{rank:05d}-{seq:06d}.h5"
+    return segment_dir(out) / f"part-0000-{rank:05d}-{seq:06d}.h5"
 
 
 @pytest.mark.parametrize("parts", [
@@ -68,7 +69,7 @@ def test_master_refused_unless_exact_cover(tmp_path, parts, expected):
 def test_open_or_incomplete_segments_are_not_used(tmp_path):
     out = tmp_path / "m.h5"
     write_shards(out, [np.arange(4)])
-    w = _SegmentWriter(segment(out, 1))  # an open segment (a crashed rank) is not a committed one
+    w = SegmentWriter(segment(out, 1))  # an open segment (a crashed rank) is not a committed one
     w.append(np.arange(4, 6), np.ones(2, bool), None, {"a": np.zeros((2, 3), np.float32)})
     w.file.flush()
     with pytest.raises(LocalizerError, match="2 missing \\(e.g. \\[4, 5\\]\\)"):
@@ -84,11 +85,11 @@ def test_runs_cover_every_row_once():
     rng = np.random.default_rng(1)
     for idx in (np.arange(3, 40, 4), rng.permutation(30), np.array([0, 2, 4, 5, 6, 10, 11, 3]), np.array([7])):
         rows = []
-        for row0, i0, count, stride in _runs(idx):
+        for row0, i0, count, stride in strided_runs(idx):
             np.testing.assert_array_equal(idx[row0:row0 + count], i0 + stride * np.arange(count))
             rows += range(row0, row0 + count)
         assert rows == list(range(len(idx)))
-    assert len(_runs(np.arange(1, 1000, 2))) == 1
+    assert len(strided_runs(np.arange(1, 1000, 2))) == 1
 
 
 def test_unknown_format_version(tmp_path):
@@ -103,7 +104,7 @@ def test_unknown_format_version(tmp_path):
 def test_buffered_segment_writes_every_row_in_order(tmp_path, buffer_bytes):
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(23, 3)).astype(np.float32), rng.normal(size=(23, 5)).astype(np.float32)
-    w = _SegmentWriter(tmp_path / "s.h5", buffer_bytes=buffer_bytes)
+    w = SegmentWriter(tmp_path / "s.h5", buffer_bytes=buffer_bytes)
     for chunk in np.array_split(np.arange(23), 7):
         w.append(chunk, chunk % 3 == 0, [f"s{i}" for i in chunk], {"a": a[chunk], "b": b[chunk]})
     with pytest.raises(LocalizerError, match="changed size from 3 to 4 units"):
@@ -121,7 +122,7 @@ def _many_segments(out, n_segments=70, rows=2):
     rng = np.random.default_rng(3)
     table = rng.normal(size=(n_segments * rows, 3)).astype(np.float32)
     for r in range(n_segments):
-        w = _SegmentWriter(segment(out, 0, r))
+        w = SegmentWriter(segment(out, 0, r))
         idx = np.arange(r * rows, (r + 1) * rows)
         w.append(idx, idx % 2 == 0, None, {"a": table[idx]})
         w.commit(["a"])

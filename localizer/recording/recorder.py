@@ -1,6 +1,6 @@
 """ActivationRecorder: a LightningModule that turns stimuli into pooled per-unit activations.
 
-``predict_step`` runs the wrapped network on a batch (see :mod:`localizer.data`) with forward hooks on the chosen
+``predict_step`` runs the wrapped network on a batch (see :mod:`localizer.recording.datamodule`) with forward hooks on the chosen
 layers and returns ``{layer: [B, U_layer] float32}`` in recording order. Pair it with
 :class:`localizer.writer.HDF5ActivationWriter` to stream those rows to disk.
 """
@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from localizer.errors import LocalizerError
-from localizer.hooks import StopForward, trace
-from localizer.layers import POOLINGS, pool, resolve_layers
-from localizer.models import ModelCaller
+from localizer.recording.hooks import StopForward, trace
+from localizer.recording.layers import POOLINGS, pool, resolve_layers
+from localizer.recording.models import ModelCaller
 
 ALLOWED_POOLINGS = {"text": ("last", "mean"), "image": ("channel", "flat", "mean")}
 DEFAULT_POOLING = {"text": "last", "image": "channel"}
@@ -29,7 +29,7 @@ class ActivationRecorder(L.LightningModule):
         model: the network (put in eval mode; its weights are never changed).
         layers: ``"auto"``, exact module names or glob patterns (list or comma-separated string).
         pooling: ``last`` / ``mean`` (text), ``channel`` / ``flat`` / ``mean`` (images); default ``last`` for text and
-            ``channel`` for images (see :mod:`localizer.layers`).
+            ``channel`` for images (see :mod:`localizer.recording.layers`).
         modality: ``"text"`` or ``"image"``.
         model_name: how the model was named (recorded in the activation file).
         model_class: the class it was loaded with (recorded; later commands load the same class).
@@ -58,7 +58,7 @@ class ActivationRecorder(L.LightningModule):
         self.call_model = ModelCaller(model, modality)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``batch`` (see :mod:`localizer.data`) → ``{layer: [B, U_layer] float32}``, in recording order."""
+        """``batch`` (see :mod:`localizer.recording.datamodule`) → ``{layer: [B, U_layer] float32}``, in recording order."""
         mask = batch.get("attention_mask")
         pooled: dict[str, torch.Tensor] = {}
 

@@ -31,7 +31,7 @@ def load_stimuli(source: str | os.PathLike, control: str | os.PathLike | None = 
     """Load and validate a stimulus set.
 
     Args:
-        source: a built-in set's name (:mod:`localizer.builtin`), a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a ``save_to_disk`` directory, an image folder with
+        source: a built-in set's name (:mod:`localizer.recording.builtin`), a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a ``save_to_disk`` directory, an image folder with
             ``positive/`` and ``control/`` subfolders, or a hub dataset id (needs internet). With ``control``, the
             positive stimuli of a two-source set.
         control: a second source whose rows are all controls; ``source``'s rows are then all positive and neither
@@ -116,10 +116,13 @@ def modality(ds: "datasets.Dataset") -> str:
 def _read_source(source, hub_split: str):
     import datasets
 
-    from localizer.builtin import BUILTIN, builtin
+    from localizer.recording.builtin import BUILTIN, HUB_PAIRS, builtin
 
     if str(source) in BUILTIN and not Path(source).exists():
         return builtin(str(source))
+    if str(source) in HUB_PAIRS and not Path(source).exists():
+        (positive, control), finish = HUB_PAIRS[str(source)]
+        return finish(_two_sources(positive, control, hub_split))
     path = Path(source)
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())

@@ -18,17 +18,17 @@ name                         contents
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from localizer.errors import LocalizerError
+from localizer.resources import read_text, resource_path
 
-DATA = Path(__file__).resolve().parent / "data"
 
 
 def _jsonl(name: str):
     import datasets
 
-    return datasets.load_dataset("json", data_files=str(DATA / name), split="train")
+    with resource_path(name) as path:
+        return datasets.load_dataset("json", data_files=str(path), split="train")
 
 
 def _split(n: int, frac: float, seed: int) -> list[str]:
@@ -46,7 +46,7 @@ def language():
 def language_next_token():
     import datasets
 
-    lines = [s.strip() for s in (DATA / "next_token.txt").read_text().splitlines() if s.strip()]
+    lines = [s.strip() for s in read_text("next_token.txt").splitlines() if s.strip()]
     return datasets.Dataset.from_dict({"text": lines})
 
 
@@ -143,11 +143,9 @@ def faces(seed: int = 0):
     return datasets.Dataset.from_dict({"image": images, "positive": positive, "split": split}, features=features)
 
 
-def faces_hub(seed: int = 0, n: int = 500):
-    """CelebA faces vs COCO images through ``datasets`` (needs internet)."""
-    from localizer.stimuli import load_stimuli
-
-    ds = load_stimuli("tpremoli/CelebA-attrs", control="phiyodr/coco2017")
+def faces_hub(ds, seed: int = 0, n: int = 500):
+    """The first ``n`` CelebA faces and ``n`` COCO images of ``ds`` (the two hub sets read as one stimulus set by
+    :func:`localizer.recording.stimuli.load_stimuli`, see :data:`HUB_PAIRS`), 25% validation."""
     pos = [i for i, p in enumerate(ds["positive"]) if p][:n]
     ctl = [i for i, p in enumerate(ds["positive"]) if not p][:n]
     ds = ds.select(pos + ctl)
@@ -159,14 +157,17 @@ BUILTIN = {
     "language-next-token": language_next_token,
     "language-minimal-pairs": language_minimal_pairs,
     "faces": faces,
-    "faces-hub": faces_hub,
     "tom": tom,
     "arithmetic": arithmetic,
 }
+
+# built-in sets read from two hub datasets (positive, control; needs internet), then finished by a function
+HUB_PAIRS = {"faces-hub": (("tpremoli/CelebA-attrs", "phiyodr/coco2017"), faces_hub)}
+NAMES = (*BUILTIN, *HUB_PAIRS)
 
 
 def builtin(name: str):
     """The built-in dataset ``name`` (see the module docstring)."""
     if name not in BUILTIN:
-        raise LocalizerError(f"no built-in stimuli {name!r}; choose one of {', '.join(BUILTIN)}")
+        raise LocalizerError(f"no built-in stimuli {name!r}; choose one of {', '.join(NAMES)}")
     return BUILTIN[name]()

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from localizer.errors import LocalizerError, first_line
-from localizer.stimuli import modality as stimulus_modality
+from localizer.recording.stimuli import modality as stimulus_modality
 
 class IndexedRows(Dataset):
     """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present.
@@ -82,7 +82,7 @@ class LocalizerDataModule(L.LightningDataModule):
     """Serves a stimulus set for ``trainer.predict`` (in dataset order; Lightning shards it across ranks).
 
     Args:
-        stimuli: a validated stimulus dataset (:func:`localizer.stimuli.load_stimuli`).
+        stimuli: a validated stimulus dataset (:func:`localizer.recording.stimuli.load_stimuli`).
         processor: the model's tokenizer (text) or image processor (images).
         transform: a callable mapping one PIL image to a ``[C, H, W]`` tensor; used instead of ``processor``.
         batch_size: stimuli per batch.

@@ -1,12 +1,12 @@
 """HDF5ActivationWriter: the Lightning prediction writer that streams activations into resumable segments.
 
-See :mod:`localizer.storage` for the files it writes and :mod:`localizer.resume` for how a rerun continues.
+See :mod:`localizer.files.activations` for the files it writes and :mod:`localizer.files.resume` for how a rerun
+continues.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -15,20 +15,13 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from localizer.errors import LocalizerError
-from localizer.resume import _read_manifest, _RunLock, plan_resume
-from localizer.storage import _SegmentWriter, shard_dir, write_master
+from localizer.distributed import failpoint, on_rank_zero
+from localizer.errors import LocalizerError, opt
+from localizer.files.activations import segment_dir, write_master
+from localizer.files.resume import RunLock, plan_resume, read_manifest
+from localizer.files.segments import SegmentWriter
 
 NAN_POLICIES = ("error", "allow")
-
-
-def _failpoint(name: str, rank: int) -> None:
-    """Fault injection for the crash tests: ``LOCALIZER_FAILPOINT=NAME[@RANK]`` SIGKILLs this process at ``NAME``."""
-    spec = os.environ.get("LOCALIZER_FAILPOINT")
-    if spec:
-        point, _, only = spec.partition("@")
-        if point == name and (not only or int(only) == rank):
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _to_numpy(prediction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -47,11 +40,11 @@ class HDF5ActivationWriter(BasePredictionWriter):
     Args:
         out: the master file path (``.h5``).
         metadata: root attributes to record (``model``, ``model_class``, ``pooling``); by default read from the
-            LightningModule (:class:`localizer.recording.ActivationRecorder`).
+            LightningModule (:class:`localizer.recording.recorder.ActivationRecorder`).
         n_stimuli: the dataset size N; by default the length of the predict dataloader's dataset.
-        resume_key: what determines the recorded values (see :func:`localizer.resume.plan_resume`); with it (and ``n_stimuli``) a
+        resume_key: what determines the recorded values (see :func:`localizer.files.resume.plan_resume`); with it (and ``n_stimuli``) a
             rerun skips the rows already committed. Without it every run starts over.
-        mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`localizer.resume.plan_resume`).
+        mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`localizer.files.resume.plan_resume`).
         segment_mb / segment_minutes: commit the open segment when it holds this many MB of activations or is this
             old (a crash loses at most that much work per rank).
         nan_policy: ``"error"`` stop at the first NaN/inf activation, naming the layer and the stimulus index;
@@ -59,7 +52,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
             refuses such a file).
 
     The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
-    :class:`localizer.data.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``. When the
+    :class:`localizer.recording.datamodule.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``. When the
     datamodule has a ``restrict(indices)`` method (LocalizerDataModule does), a resumed run only computes the rows
     that are missing; otherwise rows already recorded are computed and dropped.
     """
@@ -81,34 +74,36 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self.mode = mode
         self.segment_bytes, self.segment_seconds = segment_mb * 2 ** 20, segment_minutes * 60
         self.nan_policy = nan_policy
-        self._segment: _SegmentWriter | None = None
+        self._segment: SegmentWriter | None = None
         self._seq = self._attempt = 0
         self._done: np.ndarray | None = None
         self._first_nonfinite: tuple[str, int] | None = None  # (layer, stimulus), under "allow"
         self._nonfinite_rows = 0
-        self._lock: _RunLock | None = None
+        self._lock: RunLock | None = None
         self._units: dict[str, int] = {}
         self._launcher_pid = os.getppid()  # read before any launcher can die (a DDP child builds this first)
         self._ppid: int | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        plan = error = None
-        if trainer.is_global_zero:
-            try:
-                self._lock = _RunLock(shard_dir(self.out))
-                if not self._lock.acquire(exclusive=True):
-                    raise LocalizerError(f"another extraction is still writing into {shard_dir(self.out)} (or a "
-                                         f"process of a killed one is still alive); stop it first")
-                plan = plan_resume(self.out, self.resume_key, self.mode)
-                self._lock.acquire(exclusive=False)
-            except Exception as e:  # any failure here must reach every rank, or they wait forever
-                error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
-        error, plan = trainer.strategy.broadcast((error, plan), src=0)
-        if error:
+        if stage != "predict":  # the same Trainer may run validate/test later: never plan (and wipe) a run there
+            return
+
+        def plan():
+            self._lock = RunLock(segment_dir(self.out))
+            if not self._lock.acquire(exclusive=True):
+                raise LocalizerError(f"another extraction is still writing into {segment_dir(self.out)} (or a "
+                                     f"process of a killed one is still alive); stop it first")
+            result = plan_resume(self.out, self.resume_key, self.mode)
+            self._lock.acquire(exclusive=False)
+            return result
+
+        try:
+            plan = on_rank_zero(trainer, plan)
+        except LocalizerError:
             self._release()
-            raise LocalizerError(error)
+            raise
         if not trainer.is_global_zero:
-            self._lock = _RunLock(shard_dir(self.out))
+            self._lock = RunLock(segment_dir(self.out))
             self._lock.acquire(exclusive=False)
             self._ppid = self._launcher_pid  # Lightning's rank 0, torchrun or srun: if it dies, stop
         self._attempt, done, units = plan
@@ -145,7 +140,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._check_finite(index, acts)
         if self._segment is None:
             name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
-            self._segment = _SegmentWriter(shard_dir(self.out) / name, max_bytes=self.segment_bytes,
+            self._segment = SegmentWriter(segment_dir(self.out) / name, max_bytes=self.segment_bytes,
                                            units=self._units)
         self._segment.append(index, positive, split, acts)
         if (self._segment.nbytes >= self.segment_bytes
@@ -154,15 +149,15 @@ class HDF5ActivationWriter(BasePredictionWriter):
 
     def _commit(self, trainer, pl_module) -> None:
         def before_rename():
-            _failpoint(f"before-commit:{self._seq}", trainer.global_rank)
-            attempt = (_read_manifest(shard_dir(self.out)) or {}).get("attempt")
+            failpoint(f"before-commit:{self._seq}", trainer.global_rank)
+            attempt = (read_manifest(segment_dir(self.out)) or {}).get("attempt")
             if attempt != self._attempt:  # a later run took over this folder (where flock does not work)
-                raise LocalizerError(f"{shard_dir(self.out)} now belongs to another extraction (attempt {attempt}); "
+                raise LocalizerError(f"{segment_dir(self.out)} now belongs to another extraction (attempt {attempt}); "
                                      f"this one (attempt {self._attempt}) stops")
 
         self._segment.commit(list(getattr(pl_module, "layers", [])), before_rename)
         self._segment = None
-        _failpoint(f"after-commit:{self._seq}", trainer.global_rank)
+        failpoint(f"after-commit:{self._seq}", trainer.global_rank)
         self._seq += 1
 
     def _check_finite(self, index: np.ndarray, acts: dict[str, np.ndarray]) -> None:
@@ -174,7 +169,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 if self.nan_policy == "error":
                     more = f" (and {count - 1} more stimuli of this batch)" if count > 1 else ""
                     raise LocalizerError(f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
-                                         f"check the model and inputs, or record them with --nan_policy allow")
+                                         f"check the model and inputs, or record them with {opt('nan_policy', 'allow')}")
                 self._first_nonfinite = self._first_nonfinite or (layer, first)
                 bad_any |= bad_rows
         self._nonfinite_rows += int(bad_any.sum())
@@ -205,17 +200,11 @@ class HDF5ActivationWriter(BasePredictionWriter):
             self._release()
             raise LocalizerError(f"rank {trainer.global_rank}: another process of this job stopped before the end "
                                  f"({' '.join(str(e).split())[:120]}); rerun the command to resume") from e
-        error = None
-        if trainer.is_global_zero:
-            try:
-                write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module),
-                             before_rename=lambda: _failpoint("before-master", 0))
-            except Exception as e:  # any failure here must reach every rank, or they wait forever
-                error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
-        error = trainer.strategy.broadcast(error, src=0)
-        self._release()
-        if error:
-            raise LocalizerError(error)
+        try:
+            on_rank_zero(trainer, lambda: write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module),
+                                                       before_rename=lambda: failpoint("before-master", 0)))
+        finally:
+            self._release()
 
     def _n_stimuli(self, trainer) -> int:
         if self.n_stimuli is not None:

@@ -1,7 +1,7 @@
 """Resuming an extraction: the run manifest, the run lock, and what a rerun still has to record.
 
 ``<master>.shards/run.json`` holds the settings key of the extraction and its attempt number;
-``<master>.shards/lock`` is held (flock) by every process of a run. See :mod:`localizer.storage` for the files.
+``<master>.shards/lock`` is held (flock) by every process of a run. See :mod:`localizer.files.activations` for the files.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-from localizer.errors import LocalizerError
-from localizer.storage import _fsync_dir, segment_files, shard_dir
+from localizer.errors import LocalizerError, opt
+from localizer.files.activations import segment_dir, segment_files
+from localizer.files.segments import fsync_dir
 
 _MANIFEST = "run.json"
 
 
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
+def read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
         return json.loads((folder / _MANIFEST).read_text())
     except (OSError, ValueError):
@@ -36,14 +37,14 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, folder / _MANIFEST)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _segment_attempt(path: Path) -> int:
     return int(path.name.split("-")[1])
 
 
-class _RunLock:
+class RunLock:
     """``flock`` on ``<master>.shards/lock``: exclusive while rank 0 plans a run, then shared by every rank for the
     whole run, so a second run (or a process of an earlier one still alive) cannot write into the same folder.
     Released by the OS when a process dies. Where the file system has no ``flock`` it silently does nothing."""
@@ -91,14 +92,14 @@ def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
     Raises:
         SettingsMismatch: naming every setting that differs.
     """
-    folder = shard_dir(out)
-    manifest = _read_manifest(folder)
+    folder = segment_dir(out)
+    manifest = read_manifest(folder)
     if manifest is None or not segment_files(out) or manifest.get("key") == key:
         return
     old = manifest.get("key") or {}
     diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
     raise SettingsMismatch(f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
-                           f"pass --overwrite to discard it")
+                           f"pass {opt('overwrite', True)} to discard it")
 
 
 def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
@@ -117,12 +118,12 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
         the recorded layers' unit counts.
     """
     out = Path(out)
-    folder = shard_dir(out)
-    manifest = _read_manifest(folder)
+    folder = segment_dir(out)
+    manifest = read_manifest(folder)
     segments = segment_files(out)
     if mode == "fresh" or key is None or not segments or manifest is None:
         if mode == "resume" and key is not None:
-            raise LocalizerError(f"{out}: nothing to resume (no recorded segments in {folder}); run without --resume")
+            raise LocalizerError(f"{out}: nothing to resume (no recorded segments in {folder}); run without {opt('resume', True)}")
         out.unlink(missing_ok=True)
         for old in folder.iterdir() if folder.exists() else []:  # everything but the lock that this run holds
             if old.name != "lock":
@@ -138,10 +139,10 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
                 done.append(f["index"][:])
                 units = units or {layer: int(ds.shape[1]) for layer, ds in f["activations"].items()}
         except (OSError, KeyError) as e:
-            raise LocalizerError(f"segment {path} is unreadable ({e}); pass --overwrite to start over") from e
+            raise LocalizerError(f"segment {path} is unreadable ({e}); pass {opt('overwrite', True)} to start over") from e
     done = np.concatenate(done).astype(np.int64)
     if len(np.unique(done)) != len(done):
-        raise LocalizerError(f"{folder}: the recorded segments hold some stimuli twice; pass --overwrite to start over")
+        raise LocalizerError(f"{folder}: the recorded segments hold some stimuli twice; pass {opt('overwrite', True)} to start over")
     for stale in folder.glob("*.part"):
         stale.unlink()
     attempt = max([int(manifest.get("attempt", 0))] + [_segment_attempt(p) for p in segments]) + 1

@@ -1,4 +1,4 @@
-"""Activation files: resumable per-rank HDF5 segments written while recording, one master file over them.
+"""The activation file format: per-rank HDF5 segments, one master file of virtual datasets over them, its reader.
 
 File format (version 1), the contract every later command reads:
 
@@ -11,7 +11,7 @@ File format (version 1), the contract every later command reads:
   order), ``n_stimuli``, ``created`` (ISO 8601, UTC); ``stimuli`` (and ``control``): the stimulus source(s), when
   given as paths or ids.
 
-Crash safety (the writer is :class:`localizer.writer.HDF5ActivationWriter`, resuming is :mod:`localizer.resume`).
+Crash safety (the writer is :class:`localizer.files.writer.HDF5ActivationWriter`, the segments :mod:`localizer.files.segments`, resuming :mod:`localizer.files.resume`).
 Each rank appends its rows to ``<master>.shards/part-AAAA-RRRRR-SSSSSS.h5.part`` (attempt, rank,
 sequence number) together with their dataset indices in ``/index``; every ``segment_mb`` MB (or ``segment_minutes``)
 the segment is closed, flushed to disk and renamed to ``...h5``: a file with that name is complete by construction,
@@ -27,21 +27,21 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime, timezone
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from localizer.errors import LocalizerError
+from localizer.files.segments import STRING, fsync_dir
 
 FORMAT_VERSION = 1
-_STR = h5py.string_dtype("utf-8")
 
 
-def shard_dir(master: str | os.PathLike) -> Path:
+def segment_dir(master: str | os.PathLike) -> Path:
     """The folder holding a master file's segments."""
     master = Path(master)
     return master.with_name(master.name + ".shards")
@@ -49,115 +49,8 @@ def shard_dir(master: str | os.PathLike) -> Path:
 
 def segment_files(master: str | os.PathLike) -> list[Path]:
     """The committed segments of ``master``, in name order (``part-*.h5``; open ones end in ``.part``)."""
-    folder = shard_dir(master)
+    folder = segment_dir(master)
     return sorted(folder.glob("part-*.h5")) if folder.is_dir() else []
-
-
-class _SegmentWriter:
-    """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
-
-    Rows are buffered up to ``buffer_bytes`` and written with one HDF5 call per dataset (per-batch HDF5 calls cost
-    more than a GPU forward pass); nothing else is kept in memory beyond HDF5's chunk cache.
-    """
-
-    def __init__(self, path: Path, chunk_bytes: int = 1 << 18, max_bytes: float = float("inf"),
-                 buffer_bytes: int = 8 << 20, units: dict[str, int] | None = None):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.chunk_bytes, self.max_bytes, self.buffer_bytes = path, chunk_bytes, max_bytes, buffer_bytes
-        self.tmp = path.with_name(path.name + ".part")
-        self.file = h5py.File(self.tmp, "w", rdcc_nbytes=4 << 20)
-        self.file.attrs["complete"] = False
-        self.rows = self.nbytes = 0
-        self.started = time.monotonic()
-        self.file.create_dataset("index", (0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
-        self.file.create_dataset("positive", (0,), maxshape=(None,), dtype=bool, chunks=(4096,))
-        self.group = self.file.create_group("activations")
-        self.units: dict[str, int] = {} if units is None else units  # shared by a run's segments
-        self._pending: list[tuple] = []
-        self._pending_bytes = 0
-
-    def append(self, index: np.ndarray, positive: np.ndarray, split: list[str] | None,
-               acts: dict[str, np.ndarray]) -> None:
-        """Rows ``[B]`` of indices/labels and ``{layer: [B, U]}`` activations (kept by reference until flushed)."""
-        for layer, a in acts.items():
-            units = self.units.setdefault(layer, a.shape[1])
-            if units != a.shape[1]:
-                raise LocalizerError(f"layer {layer!r} changed size from {units} to {a.shape[1]} units between "
-                                     f"batches; 'flat' pooling needs inputs of one size")
-        acts = {layer: np.asarray(a, dtype=np.float32) for layer, a in acts.items()}
-        self._pending.append((np.asarray(index, dtype=np.int64), np.asarray(positive, dtype=bool),
-                              None if split is None else list(split), acts))
-        size = sum(a.nbytes for a in acts.values())
-        self.nbytes += size
-        self._pending_bytes += size
-        self.rows += len(index)
-        if self._pending_bytes >= self.buffer_bytes:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered rows: one resize and one write per dataset."""
-        if not self._pending:
-            return
-        pending, self._pending, self._pending_bytes = self._pending, [], 0
-        n = self.file["index"].shape[0]
-        index = np.concatenate([p[0] for p in pending])
-        b = len(index)
-        columns = {"index": index, "positive": np.concatenate([p[1] for p in pending])}
-        if pending[0][2] is not None:
-            if "split" not in self.file:
-                self.file.create_dataset("split", (n,), maxshape=(None,), dtype=_STR, chunks=(4096,))
-            columns["split"] = np.asarray([s for p in pending for s in p[2]], dtype=object)
-        for name, value in columns.items():
-            ds = self.file[name]
-            ds.resize((n + b,))
-            ds[n:] = value
-        for layer in pending[0][3]:
-            if layer not in self.group:
-                units = self.units[layer]
-                rows = int(max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)),
-                                      self.max_bytes // (4 * max(units, 1)))))  # small segments: small chunks
-                self.group.create_dataset(layer, (n, units), maxshape=(None, units), dtype=np.float32,
-                                          chunks=(rows, units))
-            ds = self.group[layer]
-            ds.resize((n + b, self.units[layer]))
-            ds[n:] = np.concatenate([p[3][layer] for p in pending])
-
-    def commit(self, layers: list[str], before_rename=None) -> Path:
-        """Mark complete, close, fsync and rename: from here on the rows survive any crash.
-
-        ``before_rename()`` runs with the closed file still under its ``.part`` name (it may refuse by raising).
-        """
-        self.flush()
-        self.file.attrs["layers"] = json.dumps(layers)
-        self.file.attrs["n_rows"] = self.rows
-        self.file.attrs["complete"] = True
-        self.file.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        if before_rename is not None:
-            before_rename()
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
-        return self.path
-
-    def discard(self) -> None:
-        self._pending = []
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (power loss); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def coverage(index: np.ndarray, n: int) -> str:
@@ -172,7 +65,7 @@ def coverage(index: np.ndarray, n: int) -> str:
     return ", ".join(p for p in parts if p)
 
 
-def _runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
+def strided_runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Split a segment's row → dataset-index map into strided runs ``(row0, index0, count, stride)``.
 
     Rank ``r`` of ``W`` under Lightning's unrepeated sampler processes ``r, r+W, ...`` → one run per segment.
@@ -243,13 +136,13 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
                     continue
                 rel = os.path.relpath(info["path"], out.parent)
                 source = h5py.VirtualSource(rel, f"activations/{layer}", shape=(rows, units[layer]))
-                for row0, idx0, count, stride in _runs(info["index"]):
+                for row0, idx0, count, stride in strided_runs(info["index"]):
                     layout[idx0: idx0 + (count - 1) * stride + 1: stride] = source[row0: row0 + count]
             group.create_virtual_dataset(layer, layout, fillvalue=np.nan)
         f.create_dataset("index", data=np.arange(n_stimuli, dtype=np.int64))
         f.create_dataset("positive", data=positive)
         if split is not None:
-            f.create_dataset("split", data=split.astype(object), dtype=_STR)
+            f.create_dataset("split", data=split.astype(object), dtype=STRING)
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["model"] = str(metadata.get("model", ""))
         f.attrs["model_class"] = str(metadata.get("model_class", ""))
@@ -265,8 +158,8 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
     if before_rename is not None:
         before_rename()
     os.replace(tmp, out)
-    _fsync_dir(out.parent)
-    for stale in shard_dir(out).glob("*.part"):
+    fsync_dir(out.parent)
+    for stale in segment_dir(out).glob("*.part"):
         stale.unlink()
     return out
 
@@ -298,19 +191,48 @@ def allow_sources(path: str | os.PathLike) -> int:
     return len(sources)
 
 
+def read_version(attrs) -> tuple[bool, Any]:
+    """``(is this localizer's format version, the value as shown in messages)`` of a file's root attributes."""
+    version = attrs.get("format_version")
+    if np.ndim(version) == 0 and version == FORMAT_VERSION:
+        return True, FORMAT_VERSION
+    return False, version.item() if np.ndim(version) == 0 and hasattr(version, "item") else version
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise LocalizerError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
+    return path
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes of an activation file, with ``layers`` decoded; checks the format version."""
-    if not Path(path).is_file():
-        raise LocalizerError(f"{path} does not exist" if not Path(path).exists() else f"{path} is not a file")
+    path = _existing_file(path)
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f.attrs)
     except OSError as e:
         raise LocalizerError(f"{path}: not a readable HDF5 file ({e})") from e
-    version = attrs.get("format_version")
-    if not (np.ndim(version) == 0 and version == FORMAT_VERSION):
-        shown = version.item() if np.ndim(version) == 0 and hasattr(version, "item") else version
+    ok, shown = read_version(attrs)
+    if not ok:
         raise LocalizerError(f"{path}: unknown activation file format version {shown!r} "
                              f"(this localizer reads version {FORMAT_VERSION})")
     attrs["layers"] = json.loads(attrs["layers"])
     return attrs
+
+
+@contextmanager
+def open_activations(path: str | os.PathLike) -> Iterator[tuple[h5py.File, dict[str, Any]]]:
+    """The one way to read an activation file: ``with open_activations(p) as (f, meta)``.
+
+    Checks that the file exists and has this format version, lets the process open every segment behind it
+    (:func:`allow_sources`), and checks that every listed layer has a dataset. ``meta`` is :func:`read_metadata`.
+    """
+    meta = read_metadata(path)
+    allow_sources(path)
+    with h5py.File(path, "r") as f:
+        missing = [layer for layer in meta["layers"] if f"activations/{layer}" not in f]
+        if missing:
+            raise LocalizerError(f"{path}: layers {missing} are listed but have no dataset")
+        yield f, meta

@@ -1,6 +1,6 @@
 """Silencing units: forward hooks that rewrite chosen units of chosen layers, always removed afterwards.
 
-A unit is what the recorder pooled (see :mod:`localizer.layers`); masking silences it *everywhere it exists*:
+A unit is what the recorder pooled (see :mod:`localizer.recording.layers`); masking silences it *everywhere it exists*:
 
 - ``last`` / ``mean`` pooling: hidden dimension ``u`` of the layer output ``[B, T, D]`` at every position,
 - ``channel``: the whole map of channel ``u`` of ``[B, C, H, W]``,
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from localizer.errors import LocalizerError
-from localizer.hooks import trace
+from localizer.recording.hooks import trace
 
 
 def parse_method(method: str) -> tuple[str, float]:
@@ -80,7 +80,7 @@ def _shape_for(output: torch.Tensor, pooling: str, units: int, layer: str) -> tu
 
 
 @contextlib.contextmanager
-def ablate(model: nn.Module, edits: dict[str, tuple[torch.Tensor, torch.Tensor]], pooling: str) -> Iterator[None]:
+def silence(model: nn.Module, edits: dict[str, tuple[torch.Tensor, torch.Tensor]], pooling: str) -> Iterator[None]:
     """Within the ``with`` block, every forward of ``model`` has the units in ``edits`` rewritten (see module doc).
 
     Args:

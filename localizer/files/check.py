@@ -1,6 +1,6 @@
-"""`localizer check`: verify an activation file (with its segment files) or a selection file.
+"""`localizer check`: verify activation files (with their segment files) and selection files.
 
-:func:`check_file` returns ``(kind, summary, problems)``; every problem is one line that says what is wrong and
+:func:`check` checks several files; :func:`check_file` returns ``(kind, summary, problems)``; every problem is one line that says what is wrong and
 where. Nothing is modified.
 """
 
@@ -9,15 +9,49 @@ from __future__ import annotations
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from localizer.errors import LocalizerError
-from localizer.storage import allow_sources, coverage
+from localizer.files.activations import FORMAT_VERSION, allow_sources, coverage, read_version
 
 CHUNK_BYTES = 16 << 20
+
+
+@dataclass
+class FileReport:
+    """What :func:`check` found in one file: ``kind`` is ``activations``, ``selection`` or ``unknown``;
+    ``problems`` holds one line per problem (empty when the file is OK)."""
+
+    path: str
+    kind: str
+    summary: str
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check(files: list[str]) -> list[FileReport]:
+    """Verify activation and selection files: format version, shapes, /index = 0..N-1 with no gap or duplicate,
+    no NaN/inf, every segment file present, complete and mapped to its own stimuli. Nothing is modified.
+
+    Args:
+        files: activation or selection files (.h5).
+
+    Returns:
+        one :class:`FileReport` per file, in order.
+
+    Raises:
+        LocalizerError: a path does not exist or is a folder (bad input, not a damaged file).
+    """
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    return [FileReport(str(path), *check_file(path)) for path in files]
 
 
 def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
@@ -56,10 +90,9 @@ def _section(problems: list[str], what: str):
 
 
 def _version(f, problems: list[str]) -> None:
-    version = f.attrs.get("format_version")
-    if not (np.ndim(version) == 0 and version == 1):
-        shown = version.item() if np.ndim(version) == 0 and hasattr(version, "item") else version
-        problems.append(f"format_version is {shown!r}; this localizer reads version 1")
+    ok, shown = read_version(f.attrs)
+    if not ok:
+        problems.append(f"format_version is {shown!r}; this localizer reads version {FORMAT_VERSION}")
 
 
 def _layers(f, problems: list[str]) -> list[str]:
@@ -258,7 +291,7 @@ def _check_selection(f) -> tuple[str, list[str]]:
 
 def _check_selection_layer(f, layer: str, sizes: dict[str, int], problems: list[str]) -> None:
     """One layer's mask and statistics: present, of one size, finite, p and q in [0, 1]."""
-    from localizer.selection import STAT_NAMES
+    from localizer.files.selection_file import STAT_NAMES
 
     m = f.get(f"mask/{layer}")
     if not isinstance(m, h5py.Dataset) or m.ndim != 1 or m.dtype != bool:
@@ -279,7 +312,7 @@ def _check_selection_layer(f, layer: str, sizes: dict[str, int], problems: list[
 
 def _check_controls(f, sizes: dict[str, int], mask: np.ndarray, problems: list[str]) -> int:
     """Every control set: of the selection's size and disjoint from it. Returns the number of sets."""
-    from localizer.selection import CONTROL_KINDS
+    from localizer.selection.options import CONTROL_KINDS
 
     n_sets = 0
     for kind in f.get("controls", {}):

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from localizer.data import Collate
+from localizer.recording.datamodule import Collate
 from localizer.errors import LocalizerError
-from localizer.hooks import main_tensor
+from localizer.recording.hooks import main_tensor
 
 TASKS = ("classification", "next-token", "minimal-pairs", "agreement")
 
@@ -275,7 +275,7 @@ def load_task_data(source, task: str):
     """Task data from a built-in name, a file, a directory, a hub id or a ``datasets.Dataset``, validated for ``task``."""
     import datasets
 
-    from localizer.stimuli import _read_source
+    from localizer.recording.stimuli import _read_source
 
     data = source if isinstance(source, (datasets.Dataset, datasets.DatasetDict)) else _read_source(source, "train")
     if isinstance(data, datasets.DatasetDict):

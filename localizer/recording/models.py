@@ -280,7 +280,7 @@ def forward_accepts(model: nn.Module, name: str) -> bool:
 
 
 class ModelCaller:
-    """Calls a model on a batch from :mod:`localizer.data` (or a task's collation) the same way everywhere.
+    """Calls a model on a batch from :mod:`localizer.recording.datamodule` (or a task's collation) the same way everywhere.
 
     Hugging Face text models get ``input_ids``/``attention_mask`` (and ``token_type_ids``), ``position_ids`` derived
     from the attention mask (so left padding matches unpadded inputs for absolute position embeddings; skipped for

@@ -1,0 +1,147 @@
+"""The causal test in one call: rerun a task with the selected units silenced, against random control sets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from localizer.errors import LocalizerError, opt
+from localizer.trainer import trainer_kwargs
+
+Task = Literal["classification", "next-token", "minimal-pairs", "agreement"]
+
+
+def ablate(selection: str, task: Task, *, model: Optional[str] = None, task_data: Optional[str] = None,
+           method: str = "zero", controls: str = "all", n_controls: Optional[int] = None, sweep: Optional[str] = None,
+           out: Optional[str] = None, overwrite: bool = False, batch_size: int = 16, max_length: Optional[int] = None,
+           num_workers: int = 0, log_dir: str = "lightning_logs", trust_remote_code: bool = False,
+           trainer: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Rerun a task with the selected units silenced and report metric deltas against random control sets.
+
+    Args:
+        selection: the selection file (from localizer select or extract --selection).
+        task: classification, next-token, minimal-pairs or agreement.
+        model: the model (default: the one recorded in the selection file, loaded with the recorded class).
+        task_data: task data: a built-in name, file, folder or hub id (default: the validation rows of the
+            recorded stimuli).
+        method: how a unit is silenced: zero, mean (its mean over the localizer stimuli) or scale=F.
+        controls: all, or control kinds, comma-separated (global, layer_matched, magnitude_matched).
+        n_controls: use the first N stored sets of each kind (default: all).
+        sweep: top-% values to re-select and evaluate as a curve, comma-separated, e.g. 0.5,1,2.
+        out: write the results document (JSON) here.
+        overwrite: replace an existing out.
+        batch_size: task rows per batch.
+        max_length: truncate texts to this many tokens, special tokens included.
+        num_workers: DataLoader worker processes.
+        log_dir: TensorBoard folder (an ablate/ run is added).
+        trust_remote_code: allow code shipped with a hub model to run.
+        trainer: Lightning Trainer options (accelerator, devices, strategy, num_nodes, precision, ...).
+
+    Returns:
+        the results document (:func:`localizer.ablation.summary.summarize`).
+    """
+    if out is not None:
+        from localizer.files.outputs import check_output
+
+        check_output(Path(out), overwrite)
+    return run_ablation(selection, task, model=model, task_data=task_data, method=method, controls=controls,
+                        n_controls=n_controls, sweep=sweep, out=out, batch_size=batch_size, max_length=max_length,
+                        num_workers=num_workers, log_dir=log_dir, trust_remote_code=trust_remote_code,
+                        trainer=trainer)
+
+
+def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None = None,
+                 task_data: str | os.PathLike | Any | None = None, method: str = "zero",
+                 controls: str | list[str] = "all", n_controls: int | None = None, sweep: list[str] | str | None = None,
+                 out: str | os.PathLike | None = None, batch_size: int = 16, max_length: int | None = None,
+                 num_workers: int = 0, log_dir: str | os.PathLike | None = "lightning_logs",
+                 trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
+                 loaded: Any = None, png_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """:func:`ablate` for Python callers that hold the pieces (``out`` is replaced if it exists).
+
+    Besides :func:`ablate`'s parameters: ``task_data`` may be a ``datasets.Dataset``; ``loaded`` an already loaded
+    :class:`localizer.recording.models.LoadedModel` (skips loading ``model``); ``png_dir`` also saves the
+    TensorBoard figures as PNG files there; ``log_dir=None`` logs nothing.
+    """
+    import lightning as L
+
+    from localizer.ablation.module import AblationDataModule, AblationModule, build_conditions
+    from localizer.ablation.summary import summarize
+    from localizer.ablation.tasks import TASKS, make_task
+    from localizer.recording.models import load_model
+    from localizer.selection.options import CONTROL_KINDS
+    from localizer.selection.result import Selection
+
+    if task not in TASKS:
+        raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    sel = Selection.read(selection)
+    attrs = sel.attrs
+    kinds = list(CONTROL_KINDS) if controls in ("all", ["all"]) else \
+        ([k.strip() for k in controls.split(",")] if isinstance(controls, str) else list(controls))
+    kinds = [k for k in kinds if k]
+    bad = [k for k in kinds if k not in CONTROL_KINDS]
+    if bad:
+        raise LocalizerError(f"unknown control kinds {bad}; choose from all, {', '.join(CONTROL_KINDS)}")
+    if isinstance(sweep, str):
+        sweep = [s.strip() for s in sweep.split(",") if s.strip()]
+    data = _task_data(task_data, attrs, task)
+    kind = "text" if ("text" in data.column_names or task == "minimal-pairs") else "image"
+    if loaded is None:
+        spec = model or str(attrs.get("model", ""))
+        if not spec:
+            raise LocalizerError(f"no model given and none recorded in the selection file; pass {opt('model')}")
+        forced = str(attrs.get("model_class", "")) or None
+        if forced and ":" in forced:  # a package.module:callable model
+            forced = None
+        loaded = load_model(spec, kind, model_class=forced, trust_remote_code=trust_remote_code)
+    conditions = build_conditions(sel, method, kinds, n_controls, sweep)
+    the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
+    module = AblationModule(loaded.model, the_task, conditions, str(attrs["pooling"]), kind)
+    kwargs = trainer_kwargs(trainer)
+    if "logger" not in (trainer or {}) and log_dir is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        kwargs["logger"] = TensorBoardLogger(str(log_dir), name="ablate")
+    runner = L.Trainer(**kwargs)
+    if runner.world_size > len(data):
+        raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
+    runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
+    doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
+    if runner.is_global_zero:
+        if out is not None:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(str(out) + ".tmp")
+            try:
+                tmp.write_text(json.dumps(doc, indent=2))
+                os.replace(tmp, out)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        if runner.logger is not None:
+            from localizer.report import log_ablation
+
+            log_ablation(runner.logger, doc, module.results, conditions,
+                         {"task": task, "method": method, "n_selected": int(attrs["n_selected"]),
+                          "model": str(attrs.get("model", "")), "selection": str(selection),
+                          "controls": ",".join(kinds), "n_controls": n_controls or 0}, png_dir=png_dir)
+    return doc
+
+
+def _task_data(task_data, attrs, task):
+    """The given task data, or the validation rows of the stimuli recorded in the selection file."""
+    from localizer.recording.stimuli import load_stimuli
+    from localizer.ablation.tasks import load_task_data, validate_task_data
+
+    if task_data is not None:
+        return load_task_data(task_data, task)
+    source = str(attrs.get("stimuli", ""))
+    if not source:
+        raise LocalizerError(f"the selection file records no stimuli to take validation rows from; pass "
+                             f"{opt('task_data')}")
+    stimuli = load_stimuli(source, str(attrs["control"]) if attrs.get("control") else None)
+    if "split" not in stimuli.column_names or "validation" not in set(stimuli["split"]):
+        raise LocalizerError(f"stimuli {source} have no validation rows; pass {opt('task_data')}")
+    rows = stimuli.filter(lambda s: s == "validation", input_columns="split")
+    return validate_task_data(rows, task, name=f"validation rows of {source}")

@@ -1,0 +1,48 @@
+"""Work that one rank does for all: run it on rank 0 and let every rank learn how it went.
+
+Under DDP a failure on rank 0 that the other ranks do not hear about leaves them waiting in the next collective
+forever. :func:`on_rank_zero` broadcasts success (with a small result) or the failure as one line, and every rank
+raises the same :class:`LocalizerError`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any, Callable
+
+from localizer.errors import LocalizerError
+
+
+def on_rank_zero(trainer, fn: Callable[[], Any]) -> Any:
+    """Run ``fn()`` on global rank 0 only; return its (picklable, small) result on every rank.
+
+    Any exception raised by ``fn`` on rank 0 (an input error, an ``OSError`` from a full disk, a bug) is broadcast
+    as one line and raised as :class:`LocalizerError` on every rank, never a hang. ``trainer`` is a Lightning
+    Trainer (anything with ``is_global_zero`` and ``strategy.broadcast``).
+    """
+    result = error = None
+    if trainer.is_global_zero:
+        try:
+            result = fn()
+        except Exception as e:
+            error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
+            error = " ".join(error.split()) or type(e).__name__
+    error, result = trainer.strategy.broadcast((error, result), src=0)
+    if error:
+        raise LocalizerError(error)
+    return result
+
+
+def failpoint(name: str, rank: int) -> None:
+    """Fault injection for the tests: ``LOCALIZER_FAILPOINT=NAME[@RANK]`` SIGKILLs this process at ``NAME``;
+    ``LOCALIZER_FAILPOINT=NAME[@RANK]:raise`` raises ``OSError`` there instead."""
+    spec = os.environ.get("LOCALIZER_FAILPOINT")
+    if not spec:
+        return
+    spec, _, action = spec.partition(":")
+    point, _, only = spec.partition("@")
+    if point == name and (not only or int(only) == rank):
+        if action == "raise":
+            raise OSError(f"injected failure at {name} on rank {rank}")
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,127 @@
+"""One open segment of an activation file: rows appended, buffered, then committed by an fsync + rename.
+
+See :mod:`localizer.files.activations` for the format and the naming of segment files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from localizer.errors import LocalizerError
+
+STRING = h5py.string_dtype("utf-8")
+
+
+class SegmentWriter:
+    """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
+
+    Rows are buffered up to ``buffer_bytes`` and written with one HDF5 call per dataset (per-batch HDF5 calls cost
+    more than a GPU forward pass); nothing else is kept in memory beyond HDF5's chunk cache.
+    """
+
+    def __init__(self, path: Path, chunk_bytes: int = 1 << 18, max_bytes: float = float("inf"),
+                 buffer_bytes: int = 8 << 20, units: dict[str, int] | None = None):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.chunk_bytes, self.max_bytes, self.buffer_bytes = path, chunk_bytes, max_bytes, buffer_bytes
+        self.tmp = path.with_name(path.name + ".part")
+        self.file = h5py.File(self.tmp, "w", rdcc_nbytes=4 << 20)
+        self.file.attrs["complete"] = False
+        self.rows = self.nbytes = 0
+        self.started = time.monotonic()
+        self.file.create_dataset("index", (0,), maxshape=(None,), dtype=np.int64, chunks=(4096,))
+        self.file.create_dataset("positive", (0,), maxshape=(None,), dtype=bool, chunks=(4096,))
+        self.group = self.file.create_group("activations")
+        self.units: dict[str, int] = {} if units is None else units  # shared by a run's segments
+        self._pending: list[tuple] = []
+        self._pending_bytes = 0
+
+    def append(self, index: np.ndarray, positive: np.ndarray, split: list[str] | None,
+               acts: dict[str, np.ndarray]) -> None:
+        """Rows ``[B]`` of indices/labels and ``{layer: [B, U]}`` activations (kept by reference until flushed)."""
+        for layer, a in acts.items():
+            units = self.units.setdefault(layer, a.shape[1])
+            if units != a.shape[1]:
+                raise LocalizerError(f"layer {layer!r} changed size from {units} to {a.shape[1]} units between "
+                                     f"batches; 'flat' pooling needs inputs of one size")
+        acts = {layer: np.asarray(a, dtype=np.float32) for layer, a in acts.items()}
+        self._pending.append((np.asarray(index, dtype=np.int64), np.asarray(positive, dtype=bool),
+                              None if split is None else list(split), acts))
+        size = sum(a.nbytes for a in acts.values())
+        self.nbytes += size
+        self._pending_bytes += size
+        self.rows += len(index)
+        if self._pending_bytes >= self.buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows: one resize and one write per dataset."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        n = self.file["index"].shape[0]
+        index = np.concatenate([p[0] for p in pending])
+        b = len(index)
+        columns = {"index": index, "positive": np.concatenate([p[1] for p in pending])}
+        if pending[0][2] is not None:
+            if "split" not in self.file:
+                self.file.create_dataset("split", (n,), maxshape=(None,), dtype=STRING, chunks=(4096,))
+            columns["split"] = np.asarray([s for p in pending for s in p[2]], dtype=object)
+        for name, value in columns.items():
+            ds = self.file[name]
+            ds.resize((n + b,))
+            ds[n:] = value
+        for layer in pending[0][3]:
+            if layer not in self.group:
+                units = self.units[layer]
+                rows = int(max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)),
+                                      self.max_bytes // (4 * max(units, 1)))))  # small segments: small chunks
+                self.group.create_dataset(layer, (n, units), maxshape=(None, units), dtype=np.float32,
+                                          chunks=(rows, units))
+            ds = self.group[layer]
+            ds.resize((n + b, self.units[layer]))
+            ds[n:] = np.concatenate([p[3][layer] for p in pending])
+
+    def commit(self, layers: list[str], before_rename=None) -> Path:
+        """Mark complete, close, fsync and rename: from here on the rows survive any crash.
+
+        ``before_rename()`` runs with the closed file still under its ``.part`` name (it may refuse by raising).
+        """
+        self.flush()
+        self.file.attrs["layers"] = json.dumps(layers)
+        self.file.attrs["n_rows"] = self.rows
+        self.file.attrs["complete"] = True
+        self.file.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        self._pending = []
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (power loss); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+

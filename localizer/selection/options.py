@@ -1,0 +1,130 @@
+"""How to select: the options shared by ``localizer select``, ``extract --selection`` and ``run --select.*``.
+
+Light on purpose (no numpy, no torch): the command line is built from the signatures that use these names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from typing import Literal
+
+from localizer.errors import LocalizerError, opt
+
+CONTROL_KINDS = ("global", "layer_matched", "magnitude_matched")
+Alternative = Literal["greater", "two-sided"]
+
+# The docstring of the selection parameters, shared by every function that takes them (and so by their --help).
+PARAMETERS_DOC = """abs: test |activation| (as AlKhamissi et al.) instead of the signed activation.
+        alternative: greater (one-sided, positive > control) or two-sided (ranks units by |t|).
+        top: select the global top PCT percent of units by t, k = floor(PCT x units / 100) (e.g. 1% or 0.5).
+        per_layer: with top, take the top PCT percent of every layer instead of globally.
+        count: select K units instead of a percentage.
+        fdr: select every unit with BH q < Q and t > 0 (instead of top).
+        range: select K random units whose t percentile lies in LOW-HIGH, e.g. 80-90 (K from top or count).
+        bottom: select the K least selective units, smallest |t| (K from top or count).
+        controls: random control sets of each kind (global, layer_matched, magnitude_matched).
+        seed: seed of the control sets, the range rule and the split halves.
+        split_half: also select on two random halves of the localize rows and report their Dice overlap."""
+
+
+@dataclass
+class SelectionOptions:
+    """How to pick the network and its controls, as stored in the selection file (``selection`` attribute, JSON).
+
+    Built from the parameters of :func:`localizer.select` with :meth:`from_parameters`.
+
+    Attributes:
+        rule: ``top`` (top-k by t), ``fdr`` (q < fdr and t > 0), ``range`` (k random units in a t percentile band),
+            ``bottom`` (the k least selective units: smallest |t|).
+        top: percentage of units as a decimal string (``"1"`` = 1%), k = floor(top x units / 100) exactly.
+        count: k as a number of units (overrides ``top``).
+        per_layer: with ``top``, take the top k% of each layer instead of globally.
+        fdr: the q threshold of rule ``fdr``.
+        range: ``(low, high)`` t percentiles of rule ``range``.
+        abs: test |activation| instead of the signed activation.
+        alternative: ``greater`` (positive > control) or ``two-sided`` (ranking then uses |t|).
+        controls: random control sets per kind; seed: their random seed.
+        split_half: also select on two random halves of the localize rows and report their Dice overlap.
+    """
+
+    rule: str = "top"
+    top: str = "1"
+    count: int | None = None
+    per_layer: bool = False
+    fdr: float | None = None
+    range: tuple[float, float] | None = None
+    abs: bool = False
+    alternative: str = "greater"
+    controls: int = 0
+    seed: int = 0
+    split_half: bool = False
+    kinds: list[str] = field(default_factory=lambda: list(CONTROL_KINDS))
+
+    def __post_init__(self):
+        self.top = parse_percent(self.top)
+        if self.rule not in ("top", "fdr", "range", "bottom"):
+            raise LocalizerError(f"unknown selection rule {self.rule!r}; choose top, fdr, range or bottom")
+        if self.alternative not in ("greater", "two-sided"):
+            raise LocalizerError(f"{opt('alternative')} must be 'greater' or 'two-sided', got {self.alternative!r}")
+        if self.count is not None and self.count < 1:
+            raise LocalizerError(f"{opt('count')} must be >= 1, got {self.count}")
+        if self.rule == "fdr" and not (self.fdr is not None and 0 < self.fdr <= 1):
+            raise LocalizerError(f"{opt('fdr')} must be in (0, 1], got {self.fdr}")
+        if self.rule == "range":
+            if isinstance(self.range, str):
+                self.range = parse_range(self.range)
+            if self.range is None or not (0 <= self.range[0] < self.range[1] <= 100):
+                raise LocalizerError(f"{opt('range')} must be LOW-HIGH percentiles with 0 <= LOW < HIGH <= 100, "
+                                     f"got {self.range}")
+        if self.controls < 0:
+            raise LocalizerError(f"{opt('controls')} must be >= 0, got {self.controls}")
+        bad = [k for k in self.kinds if k not in CONTROL_KINDS]
+        if bad:
+            raise LocalizerError(f"unknown control kinds {bad}; choose from {', '.join(CONTROL_KINDS)}")
+
+    @classmethod
+    def from_parameters(cls, *, top: str = "1%", per_layer: bool = False, count: int | None = None,
+                        fdr: float | None = None, range: str | None = None, bottom: bool = False, abs: bool = False,
+                        alternative: str = "greater", controls: int = 10, seed: int = 0,
+                        split_half: bool = False) -> SelectionOptions:
+        """The options from the flat parameters of :func:`localizer.select` (see :data:`PARAMETERS_DOC`)."""
+        rules = [name for name, on in (("fdr", fdr is not None), ("range", range is not None), ("bottom", bottom))
+                 if on]
+        if len(rules) > 1:
+            raise LocalizerError(f"choose one of {opt('fdr')}, {opt('range')}, {opt('bottom')} "
+                                 f"(got {', '.join(rules)})")
+        if fdr is not None and count is not None:
+            raise LocalizerError(f"{opt('count')} does not apply to {opt('fdr')} (it selects every unit with q < Q "
+                                 f"and t > 0)")
+        if per_layer and (rules or count is not None):
+            raise LocalizerError(f"{opt('per_layer')} works with {opt('top')} only")
+        return cls(rule=rules[0] if rules else "top", top=top, count=count, per_layer=per_layer, fdr=fdr,
+                   range=range, abs=abs, alternative=alternative, controls=controls, seed=seed,
+                   split_half=split_half)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+def parse_percent(value: str | float | int) -> str:
+    """``"1%"``, ``"0.5"``, ``2`` → the decimal string of a percentage in (0, 100]."""
+    text = str(value).strip().removesuffix("%").strip()
+    try:
+        pct = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise LocalizerError(f"{opt('top')} must be a percentage like 1% or 0.5, got {value!r}") from None
+    if not 0 < pct <= 100:
+        raise LocalizerError(f"{opt('top')} must be in (0, 100], got {value!r}")
+    return text
+
+
+def parse_range(value: str) -> tuple[float, float]:
+    m = re.fullmatch(r"\s*([0-9.]+)\s*-\s*([0-9.]+)\s*", str(value))
+    if not m:
+        raise LocalizerError(f"{opt('range')} must look like 80-90, got {value!r}")
+    return float(m.group(1)), float(m.group(2))
+
+

@@ -1,0 +1,45 @@
+"""The Lightning Trainer options that every command takes (``--trainer.devices 2 --trainer.strategy ddp``).
+
+Light on purpose: the command line is built from :class:`TrainerOptions` without importing Lightning. Options that
+concern training (epochs, gradient clipping, checkpoints, ...) do not exist here: localizer only predicts and
+validates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional, Union
+
+# what localizer changes in Lightning's defaults: no checkpoints, no model summary; loggers are chosen per command
+TRAINER_DEFAULTS: dict[str, Any] = dict(logger=False, enable_checkpointing=False, enable_model_summary=False)
+
+
+@dataclass
+class TrainerOptions:
+    """Lightning Trainer options.
+
+    Args:
+        accelerator: cpu, gpu, cuda, mps, tpu or auto (the best one available).
+        devices: devices per node: a number, a list of device ids, "auto", or -1 for all.
+        strategy: how processes share the work: auto, ddp, ddp_spawn, fsdp, ... (ddp for several devices).
+        num_nodes: machines taking part (with torchrun or SLURM).
+        precision: numeric precision, e.g. 32-true (Lightning's default), bf16-mixed, 16-mixed.
+        enable_progress_bar: show a progress bar.
+        enable_model_summary: print Lightning's summary of the model's parameters.
+    """
+
+    accelerator: str = "auto"
+    devices: Union[int, str, list[int]] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: Optional[str] = None
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = False
+
+
+def trainer_kwargs(trainer: dict[str, Any] | TrainerOptions | None) -> dict[str, Any]:
+    """Keyword arguments for ``lightning.Trainer``: localizer's defaults, then ``trainer`` (None values dropped,
+    so that Lightning's own defaults apply)."""
+    if isinstance(trainer, TrainerOptions):
+        trainer = asdict(trainer)
+    return {**TRAINER_DEFAULTS, **{k: v for k, v in (trainer or {}).items() if v is not None}}
