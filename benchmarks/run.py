@@ -29,6 +29,7 @@ ROOT = HERE.parent
 
 # --- synthetic models and stimuli ---------------------------------------------------------------------------------
 
+
 def word_tokenizer(vocab: int, save_dir: Path):
     """A word-level tokenizer over tokens w0..w{vocab-3}: one token per word, so lengths are exact."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -51,8 +52,9 @@ def gpt2_dir(root: Path, n_layer: int, d: int, vocab: int = 8192) -> Path:
     if not (path / "config.json").exists():
         word_tokenizer(vocab, path)
         torch.manual_seed(0)
-        GPT2Model(GPT2Config(n_layer=n_layer, n_embd=d, n_head=max(1, d // 64), vocab_size=vocab,
-                             n_positions=64)).eval().save_pretrained(path)
+        GPT2Model(
+            GPT2Config(n_layer=n_layer, n_embd=d, n_head=max(1, d // 64), vocab_size=vocab, n_positions=64)
+        ).eval().save_pretrained(path)
     return path
 
 
@@ -77,7 +79,9 @@ def timed(fn, repeats: int):
 
 def paired(a, b, repeats: int):
     """Time ``a`` and ``b`` alternately (a, b, a, b, ...) after one untimed warm-up of each, so that imports,
-    allocator warm-up and slow drifts of a shared machine hit both alike. Returns (median a, runs a, median b, runs b)."""
+    allocator warm-up and slow drifts of a shared machine hit both alike.
+
+    Returns (median a, runs a, median b, runs b)."""
     a()
     b()
     ta, tb = [], []
@@ -88,6 +92,7 @@ def paired(a, b, repeats: int):
 
 
 # --- 1. extraction overhead ---------------------------------------------------------------------------------------
+
 
 def bench_extraction(work: Path, args) -> dict:
     """localizer extract (Trainer + hooks + pooling + HDF5) vs a bare ``model(**batch)`` loop over the same batches."""
@@ -113,16 +118,29 @@ def bench_extraction(work: Path, args) -> dict:
             torch.cuda.synchronize()
 
     def ours():
-        extract(loaded, data, work / "extract.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
-                trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
+        extract(
+            loaded,
+            data,
+            work / "extract.h5",
+            layers="h.*",
+            pooling="last",
+            batch_size=32,
+            overwrite=True,
+            trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False},
+        )
 
     t_ours, all_ours, t_bare, all_bare = paired(ours, bare, args.repeats)
-    return {"name": "extraction overhead (GPT-2-small shape, 12 blocks, N=%d, batch 32)" % n,
-            "ratio": t_ours / t_bare, "target": "<= 1.10", "ok": t_ours / t_bare <= 1.10,
-            "detail": f"localizer {t_ours:.2f} s vs bare forward {t_bare:.2f} s (runs: {fmt(all_ours)} / {fmt(all_bare)})"}
+    return {
+        "name": f"extraction overhead (GPT-2-small shape, 12 blocks, N={n}, batch 32)",
+        "ratio": t_ours / t_bare,
+        "target": "<= 1.10",
+        "ok": t_ours / t_bare <= 1.10,
+        "detail": f"localizer {t_ours:.2f} s vs bare forward {t_bare:.2f} s (runs: {fmt(all_ours)} / {fmt(all_bare)})",
+    }
 
 
 # --- 2. versus the llm-localization loop -------------------------------------------------------------------------
+
 
 def llm_localization(model, tokenizer, data, layers):
     """AlKhamissi et al.'s method, faithfully: one stimulus at a time, hooks registered and removed for every stimulus,
@@ -133,9 +151,12 @@ def llm_localization(model, tokenizer, data, layers):
     acts = {layer: [] for layer in layers}
     for text in data["text"]:
         store = {}
-        handles = [modules[layer].register_forward_hook(
-            lambda m, i, o, layer=layer: store.__setitem__(layer, o[0] if isinstance(o, tuple) else o))
-            for layer in layers]
+        handles = [
+            modules[layer].register_forward_hook(
+                lambda m, i, o, layer=layer, store=store: store.__setitem__(layer, o[0] if isinstance(o, tuple) else o)
+            )
+            for layer in layers
+        ]
         with torch.no_grad():
             model(**tokenizer(text, return_tensors="pt"))
         for h in handles:
@@ -143,8 +164,10 @@ def llm_localization(model, tokenizer, data, layers):
         for layer in layers:
             acts[layer].append(store[layer][0, -1].float().cpu().numpy())
     positive = np.array(data["positive"])
-    return {layer: stats.ttest_ind(np.abs(np.stack(a))[positive], np.abs(np.stack(a))[~positive]).statistic
-            for layer, a in acts.items()}
+    return {
+        layer: stats.ttest_ind(np.abs(np.stack(a))[positive], np.abs(np.stack(a))[~positive]).statistic
+        for layer, a in acts.items()
+    }
 
 
 def bench_versus_peer(work: Path, args) -> dict:
@@ -163,23 +186,38 @@ def bench_versus_peer(work: Path, args) -> dict:
         llm_localization(loaded.model, loaded.processor, data, layers)
 
     def ours():
-        extract(loaded, data, work / "peer.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
-                trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})
+        extract(
+            loaded,
+            data,
+            work / "peer.h5",
+            layers="h.*",
+            pooling="last",
+            batch_size=32,
+            overwrite=True,
+            trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False},
+        )
         select_file(work / "peer.h5", work / "peer_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None)
 
     t_ours, all_ours, t_peer, all_peer = paired(ours, peer, args.repeats)
-    return {"name": "extract + select vs the llm-localization loop (batch 1, per-stimulus hooks, N=%d)" % n,
-            "ratio": t_peer / t_ours, "target": ">= 3 (speedup)", "ok": t_peer / t_ours >= 3,
-            "detail": f"localizer {t_ours:.2f} s vs llm-localization {t_peer:.2f} s "
-                      f"(runs: {fmt(all_ours)} / {fmt(all_peer)})"}
+    return {
+        "name": f"extract + select vs the llm-localization loop (batch 1, per-stimulus hooks, N={n})",
+        "ratio": t_peer / t_ours,
+        "target": ">= 3 (speedup)",
+        "ok": t_peer / t_ours >= 3,
+        "detail": f"localizer {t_ours:.2f} s vs llm-localization {t_peer:.2f} s "
+        f"(runs: {fmt(all_ours)} / {fmt(all_peer)})",
+    }
 
 
 # --- 3. memory ----------------------------------------------------------------------------------------------------
 
+
 def peak_rss_cli(cmd: list[str]) -> float:
     """Peak RSS (MiB) of a child process."""
-    code = ("import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.exit(r.returncode)")
+    code = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024); sys.exit(r.returncode)"
+    )
     out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -191,24 +229,50 @@ def bench_memory(work: Path, args) -> dict:
     for n in (small, large):
         path = work / f"mem{n}.jsonl"
         texts(n, seed=2).to_json(str(path))
-        rss[n] = statistics.median(peak_rss_cli(
-            [sys.executable, "-m", "localizer", "extract", "--model", str(model_dir), "--stimuli", str(path),
-             "--out", str(work / f"mem{n}.h5"), "--overwrite", "--batch-size", "32",
-             "--trainer.accelerator", args.accelerator, "--trainer.devices", "1",
-             "--trainer.enable_progress_bar", "false"]) for _ in range(args.repeats))
+        rss[n] = statistics.median(
+            peak_rss_cli(
+                [
+                    sys.executable,
+                    "-m",
+                    "localizer",
+                    "extract",
+                    "--model",
+                    str(model_dir),
+                    "--stimuli",
+                    str(path),
+                    "--out",
+                    str(work / f"mem{n}.h5"),
+                    "--overwrite",
+                    "--batch-size",
+                    "32",
+                    "--trainer.accelerator",
+                    args.accelerator,
+                    "--trainer.devices",
+                    "1",
+                    "--trainer.enable_progress_bar",
+                    "false",
+                ]
+            )
+            for _ in range(args.repeats)
+        )
     ratio = rss[large] / rss[small]
-    return {"name": f"peak memory of extraction, N={large} vs N={small} (4 blocks, d=256)", "ratio": ratio,
-            "target": "<= 1.25", "ok": ratio <= 1.25,
-            "detail": f"{rss[large]:.0f} MiB vs {rss[small]:.0f} MiB"}
+    return {
+        "name": f"peak memory of extraction, N={large} vs N={small} (4 blocks, d=256)",
+        "ratio": ratio,
+        "target": "<= 1.25",
+        "ok": ratio <= 1.25,
+        "detail": f"{rss[large]:.0f} MiB vs {rss[small]:.0f} MiB",
+    }
 
 
 # --- 4. selection from disk ---------------------------------------------------------------------------------------
+
 
 def big_activation_file(path: Path, gigabytes: float) -> Path:
     import h5py
 
     layers, units = 16, 1024
-    n = int(gigabytes * 2 ** 30 / (layers * units * 4))
+    n = int(gigabytes * 2**30 / (layers * units * 4))
     if path.exists():
         return path
     rng = np.random.default_rng(0)
@@ -217,12 +281,20 @@ def big_activation_file(path: Path, gigabytes: float) -> Path:
             ds = f.create_dataset(f"activations/h.{i}", (n, units), dtype=np.float32, chunks=(256, units))
             for r in range(0, n, 4096):
                 m = min(4096, n - r)
-                ds[r:r + m] = rng.standard_normal((m, units), dtype=np.float32)
+                ds[r : r + m] = rng.standard_normal((m, units), dtype=np.float32)
         f["positive"] = np.arange(n) % 2 == 0
         f["index"] = np.arange(n, dtype=np.int64)
-        f.attrs.update({"format_version": 1, "model": "synthetic", "model_class": "none", "pooling": "last",
-                        "layers": json.dumps([f"h.{i}" for i in range(layers)]), "n_stimuli": n,
-                        "created": "benchmark"})
+        f.attrs.update(
+            {
+                "format_version": 1,
+                "model": "synthetic",
+                "model_class": "none",
+                "pooling": "last",
+                "layers": json.dumps([f"h.{i}" for i in range(layers)]),
+                "n_stimuli": n,
+                "created": "benchmark",
+            }
+        )
     return path
 
 
@@ -235,7 +307,7 @@ def plain_read(path: Path, chunk_bytes: int = 16 << 20) -> None:
         rows = max(1, chunk_bytes // (4 * sum(d.shape[1] for d in dsets)))
         for r in range(0, n, rows):
             for d in dsets:
-                d[r:r + rows]
+                d[r : r + rows]
 
 
 def bench_select(work: Path, args) -> dict:
@@ -245,21 +317,43 @@ def bench_select(work: Path, args) -> dict:
     from localizer.selection.select import select_file
 
     path = big_activation_file(work / "big.h5", 0.25 if args.quick else 2.1)
-    size = path.stat().st_size / 2 ** 30
+    size = path.stat().st_size / 2**30
     t_sel, all_sel, t_read, all_read = paired(
         lambda: select_file(path, work / "big_sel.h5", SelectionOptions(abs=True, controls=0), log_dir=None),
-        lambda: plain_read(path), args.repeats)
-    rss = peak_rss_cli([sys.executable, "-m", "localizer", "select", "--activations", str(path), "--out",
-                        str(work / "big_sel.h5"), "--overwrite", "--abs", "--controls", "0", "--log-dir",
-                        str(work / "tb")])
+        lambda: plain_read(path),
+        args.repeats,
+    )
+    rss = peak_rss_cli(
+        [
+            sys.executable,
+            "-m",
+            "localizer",
+            "select",
+            "--activations",
+            str(path),
+            "--out",
+            str(work / "big_sel.h5"),
+            "--overwrite",
+            "--abs",
+            "--controls",
+            "0",
+            "--log-dir",
+            str(work / "tb"),
+        ]
+    )
     base = peak_rss_cli([sys.executable, "-c", "import localizer.selectivity, localizer.cli, lightning, matplotlib"])
-    return {"name": f"select from disk: {size:.2f} GB file, throughput vs a plain chunked h5py read",
-            "ratio": t_read / t_sel, "target": ">= 0.8", "ok": t_read / t_sel >= 0.8,
-            "detail": f"select {t_sel:.1f} s vs read {t_read:.2f} s (runs: {fmt(all_sel)} / {fmt(all_read)}); "
-                      f"`localizer select` peak RSS {rss:.0f} MiB, of which imports alone {base:.0f} MiB"}
+    return {
+        "name": f"select from disk: {size:.2f} GB file, throughput vs a plain chunked h5py read",
+        "ratio": t_read / t_sel,
+        "target": ">= 0.8",
+        "ok": t_read / t_sel >= 0.8,
+        "detail": f"select {t_sel:.1f} s vs read {t_read:.2f} s (runs: {fmt(all_sel)} / {fmt(all_read)}); "
+        f"`localizer select` peak RSS {rss:.0f} MiB, of which imports alone {base:.0f} MiB",
+    }
 
 
 # --- 5. ablation overhead -----------------------------------------------------------------------------------------
+
 
 def bench_ablation(work: Path, args) -> dict:
     import lightning as L
@@ -285,20 +379,27 @@ def bench_ablation(work: Path, args) -> dict:
 
     def validate(conds):
         module = AblationModule(model, task, conds, "last", "text")
-        L.Trainer(accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False,
-                  enable_model_summary=False).validate(module, datamodule=AblationDataModule(task, data, 16),
-                                                       verbose=False)
+        L.Trainer(
+            accelerator=args.accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+        ).validate(module, datamodule=AblationDataModule(task, data, 16), verbose=False)
 
     base = Condition("baseline", "baseline", None)
-    t_mask, all_mask, t_plain, all_plain = paired(lambda: validate([base, Condition("x", "localized", edits)]),
-                                                  lambda: validate([base, Condition("x", "localized", {})]),
-                                                  args.repeats)
-    return {"name": f"ablation: masked vs unmasked validation (GPT-2-small shape, 1% of units, N={n})",
-            "ratio": t_mask / t_plain, "target": "<= 1.10", "ok": t_mask / t_plain <= 1.10,
-            "detail": f"masked {t_mask:.2f} s vs unmasked {t_plain:.2f} s (runs: {fmt(all_mask)} / {fmt(all_plain)})"}
+    t_mask, all_mask, t_plain, all_plain = paired(
+        lambda: validate([base, Condition("x", "localized", edits)]),
+        lambda: validate([base, Condition("x", "localized", {})]),
+        args.repeats,
+    )
+    return {
+        "name": f"ablation: masked vs unmasked validation (GPT-2-small shape, 1% of units, N={n})",
+        "ratio": t_mask / t_plain,
+        "target": "<= 1.10",
+        "ok": t_mask / t_plain <= 1.10,
+        "detail": f"masked {t_mask:.2f} s vs unmasked {t_plain:.2f} s (runs: {fmt(all_mask)} / {fmt(all_plain)})",
+    }
 
 
 # --- 6. scaling ---------------------------------------------------------------------------------------------------
+
 
 def bench_scaling(work: Path, args) -> dict:
     n = args.extraction_n or (512 if args.quick else 2048)
@@ -308,24 +409,51 @@ def bench_scaling(work: Path, args) -> dict:
     devices = args.devices if args.accelerator == "gpu" else 2
 
     def cli(d):
-        cmd = [sys.executable, "-m", "localizer", "extract", "--model", str(model_dir), "--stimuli", str(path),
-               "--out", str(work / f"scale{d}.h5"), "--overwrite", "--batch-size", "32",
-               "--trainer.accelerator", args.accelerator, "--trainer.devices", str(d),
-               "--trainer.enable_progress_bar", "false"] + (["--trainer.strategy", "ddp"] if d > 1 else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "localizer",
+            "extract",
+            "--model",
+            str(model_dir),
+            "--stimuli",
+            str(path),
+            "--out",
+            str(work / f"scale{d}.h5"),
+            "--overwrite",
+            "--batch-size",
+            "32",
+            "--trainer.accelerator",
+            args.accelerator,
+            "--trainer.devices",
+            str(d),
+            "--trainer.enable_progress_bar",
+            "false",
+        ] + (["--trainer.strategy", "ddp"] if d > 1 else [])
         return lambda: subprocess.run(cmd, check=True, capture_output=True)
 
     t1, all1, tn, alln = paired(cli(1), cli(devices), args.repeats)
-    return {"name": f"scaling: 1 vs {devices} DDP processes ({args.accelerator}, N={n}, whole command)",
-            "ratio": t1 / tn, "target": "report", "ok": None,
-            "detail": f"{devices} processes {tn:.1f} s vs 1 process {t1:.1f} s (runs: {fmt(alln)} / {fmt(all1)})"}
+    return {
+        "name": f"scaling: 1 vs {devices} DDP processes ({args.accelerator}, N={n}, whole command)",
+        "ratio": t1 / tn,
+        "target": "report",
+        "ok": None,
+        "detail": f"{devices} processes {tn:.1f} s vs 1 process {t1:.1f} s (runs: {fmt(alln)} / {fmt(all1)})",
+    }
 
 
 def fmt(ts) -> str:
     return ", ".join(f"{t:.2f}" for t in ts)
 
 
-BENCHMARKS = {"extraction": bench_extraction, "peer": bench_versus_peer, "memory": bench_memory,
-              "select": bench_select, "ablation": bench_ablation, "scaling": bench_scaling}
+BENCHMARKS = {
+    "extraction": bench_extraction,
+    "peer": bench_versus_peer,
+    "memory": bench_memory,
+    "select": bench_select,
+    "ablation": bench_ablation,
+    "scaling": bench_scaling,
+}
 
 
 def main() -> None:
@@ -343,9 +471,11 @@ def main() -> None:
     work_ctx = tempfile.TemporaryDirectory() if args.workdir is None else None
     work = Path(args.workdir or work_ctx.name)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"# localizer benchmarks — {time.strftime('%Y-%m-%d')} — {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"repeats={args.repeats}, accelerator={args.accelerator}")
+    print(
+        f"# localizer benchmarks — {time.strftime('%Y-%m-%d')} — {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"repeats={args.repeats}, accelerator={args.accelerator}"
+    )
     print("| benchmark | ratio | target | met | absolute times |\n|---|---|---|---|---|", flush=True)
     results = []
     for name in args.only.split(","):

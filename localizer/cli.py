@@ -14,7 +14,8 @@ from __future__ import annotations
 import inspect
 import re
 import sys
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from localizer.errors import LocalizerError, first_line, speak_options
 
@@ -29,14 +30,28 @@ commands:
 
 Run `localizer COMMAND --help` for a command's options."""
 
-SPELLING = ("Options are written with underscores (--batch_size) or dashes (--batch-size); a switch takes no value "
-            "or true/false (--abs, --abs false). Values on the command line win over --config files.")
+SPELLING = (
+    "Options are written with underscores (--batch_size) or dashes (--batch-size); a switch takes no value "
+    "or true/false (--abs, --abs false). Values on the command line win over --config files."
+)
 # the parts of a step's parameters that `localizer run` decides itself
 RUN_SKIPS_SELECT = {"activations", "out", "overwrite", "log_dir"}
-RUN_SKIPS_ABLATE = {"selection", "task", "model", "task_data", "out", "overwrite", "max_length", "log_dir",
-                    "trust_remote_code", "trainer"}
-TASKS_HELP = ("ablation tasks, a list of {task: next-token | minimal-pairs | classification | agreement, data: task "
-              "data or null for the validation rows of the stimuli}; empty: no ablation")
+RUN_SKIPS_ABLATE = {
+    "selection",
+    "task",
+    "model",
+    "task_data",
+    "out",
+    "overwrite",
+    "max_length",
+    "log_dir",
+    "trust_remote_code",
+    "trainer",
+}
+TASKS_HELP = (
+    "ablation tasks, a list of {task: next-token | minimal-pairs | classification | agreement, data: task "
+    "data or null for the validation rows of the stimuli}; empty: no ablation"
+)
 
 
 def _description(fn: Callable) -> str:
@@ -96,9 +111,14 @@ def build_parser(command: str):
 
         from localizer.files.check import check
 
-        p = ArgumentParser(prog="localizer check", exit_on_error=False, description=(
-            _description(check).split("\n\n")[0] + " Exit status: 0 all files OK, 1 a problem was found (one line "
-            "each), 2 bad usage."))
+        p = ArgumentParser(
+            prog="localizer check",
+            exit_on_error=False,
+            description=(
+                _description(check).split("\n\n")[0] + " Exit status: 0 all files OK, 1 a problem was found (one line "
+                "each), 2 bad usage."
+            ),
+        )
         p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
     else:
         raise KeyError(command)
@@ -106,6 +126,7 @@ def build_parser(command: str):
 
 
 # --- argv before parsing ------------------------------------------------------------------------------------------
+
 
 def option_actions(parser) -> dict[str, Any]:
     """``{"--name": action}`` for every option string of ``parser`` (nested ``--select.top`` included)."""
@@ -196,6 +217,7 @@ def explain(message: str) -> str:
 
 # --- the commands -------------------------------------------------------------------------------------------------
 
+
 def _extract(cfg) -> int:
     from localizer.recording.extract import extract
 
@@ -225,11 +247,11 @@ def _ablate(cfg) -> int:
     kwargs = cfg.as_dict()
     kwargs.pop("config", None)
     doc = ablate(trainer=kwargs.pop("trainer"), **kwargs)
-    from lightning.pytorch.utilities import rank_zero_only
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from localizer.report import print_ablation
 
-    if rank_zero_only.rank == 0:
+    if getattr(rank_zero_only, "rank", 0) == 0:
         print_ablation(doc)
     return 0
 
@@ -251,8 +273,9 @@ def _check(cfg) -> int:
         if report.problems:
             status = 1
             n = len(report.problems)
-            print(f"{report.path}: {n} problem{'s' if n > 1 else ''}" + (f" ({report.summary})" if report.summary
-                                                                          else ""))
+            print(
+                f"{report.path}: {n} problem{'s' if n > 1 else ''}" + (f" ({report.summary})" if report.summary else "")
+            )
             for problem in report.problems:
                 print(f"  {report.path}: {problem}")
         else:

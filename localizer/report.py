@@ -48,21 +48,30 @@ def print_selection(result, file=None) -> None:
     out = file or sys.stdout
     a = result.attrs
     mask, layout = result.mask, result.layout
-    print(f"selected {int(mask.sum())} of {layout.total} units ({100 * mask.mean():.3g}%) from "
-          f"{a['n_positive']} positive vs {a['n_control']} control stimuli "
-          f"({'|activation|' if a['abs'] else 'signed activation'}, alternative={a['alternative']})", file=out)
+    print(
+        f"selected {int(mask.sum())} of {layout.total} units ({100 * mask.mean():.3g}%) from "
+        f"{a['n_positive']} positive vs {a['n_control']} control stimuli "
+        f"({'|activation|' if a['abs'] else 'signed activation'}, alternative={a['alternative']})",
+        file=out,
+    )
     counts = {layer: int(m.sum()) for layer, m in layout.split(mask).items()}
     print("units per layer: " + ", ".join(f"{layer}={c}" for layer, c in counts.items()), file=out)
     top = sorted(counts.items(), key=lambda kv: -kv[1])[:3]
     print("top layers: " + ", ".join(f"{layer} ({c})" for layer, c in top if c), file=out)
     if mask.any():
         mag = result.stats["mean_abs_all"]
-        print(f"mean |activation|: selected {mag[mask].mean():.4g} vs all units {mag[result.valid].mean():.4g} "
-              f"({mag[mask].mean() / max(mag[result.valid].mean(), 1e-30):.2f}x)", file=out)
+        print(
+            f"mean |activation|: selected {mag[mask].mean():.4g} vs all units {mag[result.valid].mean():.4g} "
+            f"({mag[mask].mean() / max(mag[result.valid].mean(), 1e-30):.2f}x)",
+            file=out,
+        )
     if result.validation_t is not None and mask.any():
         vt = result.validation_t[mask]
-        print(f"held-out validation: mean t of selected units {np.nanmean(vt):.3f} "
-              f"(all units {np.nanmean(result.validation_t[result.valid]):.3f})", file=out)
+        print(
+            f"held-out validation: mean t of selected units {np.nanmean(vt):.3f} "
+            f"(all units {np.nanmean(result.validation_t[result.valid]):.3f})",
+            file=out,
+        )
     if "dice_split_half" in a:
         print(f"split-half Dice {a['dice_split_half']:.3f} (chance {a['dice_chance']:.3f})", file=out)
     for kind, sets in result.controls.items():
@@ -139,13 +148,19 @@ def print_ablation(doc: dict, file=None) -> None:
     print(f"{doc['task']}: {doc['method']} ablation of {doc['n_selected']} units", file=out)
     kinds = [k for k in doc["delta"] if k != "localized"]
     for m in doc["metrics"]:
-        print(f"  {m}: baseline {doc['baseline'][m]:.4g}, localized {doc['localized'][m]:.4g} "
-              f"(delta {doc['delta']['localized'][m]:+.4g})", file=out)
+        print(
+            f"  {m}: baseline {doc['baseline'][m]:.4g}, localized {doc['localized'][m]:.4g} "
+            f"(delta {doc['delta']['localized'][m]:+.4g})",
+            file=out,
+        )
         for k in kinds:
             d = np.array([x[m] for x in doc["delta"][k]], dtype=float)
             z = doc["z"][k][m]
-            print(f"    vs {k:<17} delta {np.mean(d):+.4g} ± {np.std(d, ddof=1) if len(d) > 1 else 0:.3g} "
-                  f"(n={len(d)})  z={'n/a' if z is None else f'{z:.2f}'}  p={doc['p_empirical'][k][m]:.3g}", file=out)
+            print(
+                f"    vs {k:<17} delta {np.mean(d):+.4g} ± {np.std(d, ddof=1) if len(d) > 1 else 0:.3g} "
+                f"(n={len(d)})  z={'n/a' if z is None else f'{z:.2f}'}  p={doc['p_empirical'][k][m]:.3g}",
+                file=out,
+            )
 
 
 def top_units(result, n: int = 8) -> list[tuple[str, int, float]]:
@@ -215,7 +230,7 @@ def print_run_summary(model: str, stimuli: str, result, docs: dict, file=None) -
     out = file or sys.stdout
     print(f"== {model} on {stimuli} ==", file=out)
     print_selection(result, file=out)
-    for task, doc in docs.items():
+    for _task, doc in docs.items():
         print_ablation(doc, file=out)
         for m in doc["metrics"]:
             loc = doc["delta"]["localized"][m]
@@ -230,6 +245,10 @@ def print_run_summary(model: str, stimuli: str, result, docs: dict, file=None) -
     mag = result.stats["mean_abs_all"]
     if result.mask.any():
         ratio = mag[result.mask].mean() / max(mag[result.valid].mean(), 1e-30)
-        note = (" — the selection is dominated by large-magnitude units; judge it against the magnitude-matched "
-                "controls (or rerun with method: mean)" if ratio > 2 else "")
+        note = (
+            " — the selection is dominated by large-magnitude units; judge it against the magnitude-matched "
+            "controls (or rerun with method: mean)"
+            if ratio > 2
+            else ""
+        )
         print(f"magnitude: selected units' mean |activation| is {ratio:.1f}x the average unit{note}", file=out)

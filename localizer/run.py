@@ -16,15 +16,35 @@ from localizer.errors import LocalizerError, opt
 
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
 NOT_FROM_EXTRACT = {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}
-SELECT_OPTIONS = ("abs", "alternative", "top", "per_layer", "count", "fdr", "range", "bottom", "controls", "seed",
-                  "split_half")
+SELECT_OPTIONS = (
+    "abs",
+    "alternative",
+    "top",
+    "per_layer",
+    "count",
+    "fdr",
+    "range",
+    "bottom",
+    "controls",
+    "seed",
+    "split_half",
+)
 ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "num_workers", "tasks")
 
 
-def run(model: str, stimuli: str, output_dir: str, *, untrained: bool = False, seed: int = 0,
-        log_dir: str = "lightning_logs", select: Optional[dict[str, Any]] = None,
-        ablate: Optional[dict[str, Any]] = None, trainer: Optional[dict[str, Any]] = None,
-        **extract_options: Any) -> dict[str, Any]:
+def run(
+    model: str,
+    stimuli: str,
+    output_dir: str,
+    *,
+    untrained: bool = False,
+    seed: int = 0,
+    log_dir: str = "lightning_logs",
+    select: Optional[dict[str, Any]] = None,
+    ablate: Optional[dict[str, Any]] = None,
+    trainer: Optional[dict[str, Any]] = None,
+    **extract_options: Any,
+) -> dict[str, Any]:
     """Extract -> select -> ablate in one command, into one folder, with a printed summary.
 
     Args:
@@ -53,8 +73,11 @@ def run(model: str, stimuli: str, output_dir: str, *, untrained: bool = False, s
     from localizer.selection.select import select_file
 
     allowed = set(inspect.signature(extract).parameters) - NOT_FROM_EXTRACT
-    for name, group, known in (("extract", extract_options, allowed), ("select", select or {}, SELECT_OPTIONS),
-                               ("ablate", ablate or {}, ABLATE_OPTIONS)):
+    for name, group, known in (
+        ("extract", extract_options, allowed),
+        ("select", select or {}, SELECT_OPTIONS),
+        ("ablate", ablate or {}, ABLATE_OPTIONS),
+    ):
         unknown = sorted(set(group) - set(known))
         if unknown:
             raise LocalizerError(f"run: unknown {name} options {unknown}; choose from {', '.join(sorted(known))}")
@@ -69,26 +92,39 @@ def run(model: str, stimuli: str, output_dir: str, *, untrained: bool = False, s
     out.mkdir(parents=True, exist_ok=True)
     data = load_stimuli(stimuli, extract_options.get("control"))
     kind = modality(data)
-    loaded = load_model(model, kind, tokenizer=extract_options.get("tokenizer"),
-                        transform=extract_options.get("transform"),
-                        padding_side=extract_options.get("padding_side", "right"),
-                        trust_remote_code=extract_options.get("trust_remote_code", False))
+    loaded = load_model(
+        model,
+        kind,
+        tokenizer=extract_options.get("tokenizer"),
+        transform=extract_options.get("transform"),
+        padding_side=extract_options.get("padding_side", "right"),
+        trust_remote_code=extract_options.get("trust_remote_code", False),
+    )
     runs = [("trained", out, loaded)]
     if untrained:
         runs.append(("untrained", out / "untrained", _untrained_copy(loaded, seed)))
     summary = {}
     for label, folder, lm in runs:
         folder.mkdir(parents=True, exist_ok=True)
-        acts = _extract_or_resume(lm, data, folder / "activations.h5", trainer=trainer, source=stimuli,
-                                  **extract_options)
+        acts = _extract_or_resume(
+            lm, data, folder / "activations.h5", trainer=trainer, source=stimuli, **extract_options
+        )
         result = select_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
         log_exemplars(acts, result, data, log_dir, folder)
         docs = {}
         for spec in tasks:
             docs[spec["task"]] = run_ablation(
-                folder / "selection.h5", spec["task"], task_data=spec.get("data"), loaded=lm,
-                out=folder / f"results_{spec['task']}.json", max_length=extract_options.get("max_length"),
-                log_dir=log_dir, trainer=trainer, png_dir=folder, **ablate)
+                folder / "selection.h5",
+                spec["task"],
+                task_data=spec.get("data"),
+                loaded=lm,
+                out=folder / f"results_{spec['task']}.json",
+                max_length=extract_options.get("max_length"),
+                log_dir=log_dir,
+                trainer=trainer,
+                png_dir=folder,
+                **ablate,
+            )
         summary[label] = {"selection": result, "ablation": docs}
         text = io.StringIO()
         with redirect_stdout(text):
@@ -104,13 +140,21 @@ def _one_process(trainer: dict[str, Any]) -> dict[str, Any]:
     if devices in (None, "auto"):
         devices = 1
     if isinstance(devices, str):
-        devices = [d for d in devices.split(",") if d.strip()] if "," in devices else \
-            (int(devices) if devices.strip().lstrip("-").isdigit() else devices)
-    many = (isinstance(devices, int) and (devices > 1 or devices == -1)) or \
-        (isinstance(devices, (list, tuple)) and len(devices) > 1) or int(trainer.get("num_nodes") or 1) > 1
+        devices = (
+            [d for d in devices.split(",") if d.strip()]
+            if "," in devices
+            else (int(devices) if devices.strip().lstrip("-").isdigit() else devices)
+        )
+    many = (
+        (isinstance(devices, int) and (devices > 1 or devices == -1))
+        or (isinstance(devices, (list, tuple)) and len(devices) > 1)
+        or int(trainer.get("num_nodes") or 1) > 1
+    )
     if many:
-        raise LocalizerError("localizer run is single-process; for several devices or nodes run localizer extract, "
-                             "select and ablate with the trainer options (see the README)")
+        raise LocalizerError(
+            "localizer run is single-process; for several devices or nodes run localizer extract, "
+            "select and ablate with the trainer options (see the README)"
+        )
     return {**trainer, "devices": devices}
 
 
@@ -131,8 +175,9 @@ def _untrained_copy(loaded, seed: int):
             if hasattr(m, "reset_parameters"):
                 m.reset_parameters()
         fresh.eval()
-    return LoadedModel(fresh, loaded.name + " (untrained)", loaded.model_class, loaded.processor, loaded.transform,
-                       loaded.is_hf)
+    return LoadedModel(
+        fresh, loaded.name + " (untrained)", loaded.model_class, loaded.processor, loaded.transform, loaded.is_hf
+    )
 
 
 def _extract_or_resume(model, data, path: Path, **kwargs) -> Path:

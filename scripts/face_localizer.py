@@ -14,15 +14,15 @@ from pathlib import Path
 import lightning as L
 
 from localizer.ablation import AblationDataModule, AblationModule, build_conditions, summarize
+from localizer.ablation.tasks import make_task
+from localizer.files.writer import HDF5ActivationWriter
 from localizer.recording.datamodule import LocalizerDataModule
 from localizer.recording.models import load_model
 from localizer.recording.recorder import ActivationRecorder
+from localizer.recording.stimuli import load_stimuli
 from localizer.report import print_ablation, print_selection
 from localizer.selection import Selection, SelectionOptions
 from localizer.selection.callback import SelectivityCallback
-from localizer.recording.stimuli import load_stimuli
-from localizer.files.writer import HDF5ActivationWriter
-from localizer.ablation.tasks import make_task
 
 
 def main() -> None:
@@ -40,13 +40,20 @@ def main() -> None:
 
     stimuli = load_stimuli(args.stimuli)
     loaded = load_model(args.model, "image")
-    recorder = ActivationRecorder(loaded.model, "auto", "channel", modality="image", model_name=loaded.name,
-                                  model_class=loaded.model_class)
+    recorder = ActivationRecorder(
+        loaded.model, "auto", "channel", modality="image", model_name=loaded.name, model_class=loaded.model_class
+    )
     data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=32)
-    select = SelectivityCallback(out / "selection.h5", SelectionOptions(top=args.top, controls=args.controls),
-                                 metadata={"stimuli": args.stimuli})
-    trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, logger=False,
-                        enable_checkpointing=False, callbacks=[HDF5ActivationWriter(out / "activations.h5"), select])
+    select = SelectivityCallback(
+        out / "selection.h5", SelectionOptions(top=args.top, controls=args.controls), metadata={"stimuli": args.stimuli}
+    )
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[HDF5ActivationWriter(out / "activations.h5"), select],
+    )
     trainer.predict(recorder, datamodule=data, return_predictions=False)
     if trainer.is_global_zero and select.result is not None:
         print_selection(select.result)
@@ -58,8 +65,7 @@ def main() -> None:
     module = AblationModule(loaded.model, task, conditions, pooling="channel", modality="image")
     trainer.validate(module, datamodule=AblationDataModule(task, held_out, batch_size=32), verbose=False)
     if trainer.is_global_zero:
-        print_ablation(summarize(module.results, conditions, "agreement", "zero",
-                                 selection.n_selected))
+        print_ablation(summarize(module.results, conditions, "agreement", "zero", selection.n_selected))
 
 
 if __name__ == "__main__":

@@ -16,15 +16,15 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from localizer.ablation import AblationDataModule, AblationModule, build_conditions, summarize
+from localizer.ablation.tasks import load_task_data, make_task
+from localizer.files.writer import HDF5ActivationWriter
 from localizer.recording.datamodule import LocalizerDataModule
 from localizer.recording.models import load_model
 from localizer.recording.recorder import ActivationRecorder
+from localizer.recording.stimuli import load_stimuli
 from localizer.report import print_ablation, print_selection
 from localizer.selection import Selection, SelectionOptions
 from localizer.selection.callback import SelectivityCallback
-from localizer.recording.stimuli import load_stimuli
-from localizer.files.writer import HDF5ActivationWriter
-from localizer.ablation.tasks import load_task_data, make_task
 
 
 def main() -> None:
@@ -46,16 +46,22 @@ def main() -> None:
     # 1. stimuli and model
     stimuli = load_stimuli(args.stimuli)
     loaded = load_model(args.model, "text")
-    recorder = ActivationRecorder(loaded.model, "auto", "last", modality="text", model_name=loaded.name,
-                                  model_class=loaded.model_class)
+    recorder = ActivationRecorder(
+        loaded.model, "auto", "last", modality="text", model_name=loaded.name, model_class=loaded.model_class
+    )
     data = LocalizerDataModule(stimuli, loaded.processor, batch_size=16)
 
     # 2. record and select in one pass: the writer streams activations to HDF5, the callback keeps statistics
     options = SelectionOptions(top=args.top, abs=True, controls=args.controls)
     select = SelectivityCallback(out / "selection.h5", options, metadata={"stimuli": args.stimuli})
-    trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices, strategy=args.strategy,
-                        logger=TensorBoardLogger("lightning_logs", name="language_script"),
-                        enable_checkpointing=False, callbacks=[HDF5ActivationWriter(out / "activations.h5"), select])
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy=args.strategy,
+        logger=TensorBoardLogger("lightning_logs", name="language_script"),
+        enable_checkpointing=False,
+        callbacks=[HDF5ActivationWriter(out / "activations.h5"), select],
+    )
     trainer.predict(recorder, datamodule=data, return_predictions=False)
     if trainer.is_global_zero and select.result is not None:
         print_selection(select.result)
@@ -68,8 +74,7 @@ def main() -> None:
     module = AblationModule(loaded.model, task, conditions, pooling="last", modality="text")
     trainer.validate(module, datamodule=AblationDataModule(task, task_data, batch_size=8), verbose=False)
     if trainer.is_global_zero:
-        print_ablation(summarize(module.results, conditions, "next-token", args.method,
-                                 selection.n_selected))
+        print_ablation(summarize(module.results, conditions, "next-token", args.method, selection.n_selected))
 
 
 if __name__ == "__main__":

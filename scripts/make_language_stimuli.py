@@ -54,8 +54,7 @@ def pseudoword(target: int, tables, rng: random.Random, lexicon: set[str]) -> st
             w += draw(middle)
         if rng.random() < 0.7 or len(w) < low:
             w += draw(last)
-        if low <= len(w) <= high and w not in lexicon and zipf_frequency(w, "en") == 0 \
-                and any(c in VOWELS for c in w):
+        if low <= len(w) <= high and w not in lexicon and zipf_frequency(w, "en") == 0 and any(c in VOWELS for c in w):
             return w
     raise RuntimeError(f"no pseudoword of length {target}")
 
@@ -84,12 +83,33 @@ def language(seed: int = 0) -> list[dict]:
 def minimal_pairs(seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     out = []
-    nouns = [("key", "keys"), ("book", "books"), ("teacher", "teachers"), ("picture", "pictures"), ("dog", "dogs"),
-             ("letter", "letters"), ("window", "windows"), ("song", "songs"), ("car", "cars"), ("painting", "paintings")]
-    attractors = [("cabinet", "cabinets"), ("student", "students"), ("garden", "gardens"), ("friend", "friends"),
-                  ("house", "houses"), ("tree", "trees")]
-    preds = [("is", "are", "on the table"), ("was", "were", "very old"), ("is", "are", "in the kitchen"),
-             ("was", "were", "broken yesterday"), ("has", "have", "a red cover")]
+    nouns = [
+        ("key", "keys"),
+        ("book", "books"),
+        ("teacher", "teachers"),
+        ("picture", "pictures"),
+        ("dog", "dogs"),
+        ("letter", "letters"),
+        ("window", "windows"),
+        ("song", "songs"),
+        ("car", "cars"),
+        ("painting", "paintings"),
+    ]
+    attractors = [
+        ("cabinet", "cabinets"),
+        ("student", "students"),
+        ("garden", "gardens"),
+        ("friend", "friends"),
+        ("house", "houses"),
+        ("tree", "trees"),
+    ]
+    preds = [
+        ("is", "are", "on the table"),
+        ("was", "were", "very old"),
+        ("is", "are", "in the kitchen"),
+        ("was", "were", "broken yesterday"),
+        ("has", "have", "a red cover"),
+    ]
     for _ in range(45):  # agreement across an attractor of the other number
         (n_sg, n_pl), (a_sg, a_pl), (v_sg, v_pl, rest) = rng.choice(nouns), rng.choice(attractors), rng.choice(preds)
         if rng.random() < 0.5:
@@ -101,22 +121,45 @@ def minimal_pairs(seed: int = 0) -> list[dict]:
         n_sg, n_pl = rng.choice(nouns)
         rest = rng.choice(["looks new", "belongs to my aunt", "is very heavy", "was a gift"])
         if rng.random() < 0.5:
-            out.append({"good": f"This {n_sg} {rest}.", "bad": f"These {n_sg} {rest}.", "phenomenon": "determiner_noun"})
+            out.append(
+                {"good": f"This {n_sg} {rest}.", "bad": f"These {n_sg} {rest}.", "phenomenon": "determiner_noun"}
+            )
         else:
-            rest_pl = rest.replace("looks", "look").replace("belongs", "belong").replace("is", "are").replace("was", "were")
-            out.append({"good": f"These {n_pl} {rest_pl}.", "bad": f"This {n_pl} {rest_pl}.",
-                        "phenomenon": "determiner_noun"})
-    people = [("boy", "himself", "herself"), ("girl", "herself", "himself"), ("king", "himself", "herself"),
-              ("queen", "herself", "himself"), ("man", "himself", "herself"), ("woman", "herself", "himself"),
-              ("actress", "herself", "himself"), ("father", "himself", "herself"), ("mother", "herself", "himself")]
+            rest_pl = (
+                rest.replace("looks", "look").replace("belongs", "belong").replace("is", "are").replace("was", "were")
+            )
+            out.append(
+                {"good": f"These {n_pl} {rest_pl}.", "bad": f"This {n_pl} {rest_pl}.", "phenomenon": "determiner_noun"}
+            )
+    people = [
+        ("boy", "himself", "herself"),
+        ("girl", "herself", "himself"),
+        ("king", "himself", "herself"),
+        ("queen", "herself", "himself"),
+        ("man", "himself", "herself"),
+        ("woman", "herself", "himself"),
+        ("actress", "herself", "himself"),
+        ("father", "himself", "herself"),
+        ("mother", "herself", "himself"),
+    ]
     verbs = ["hurt", "saw", "praised", "blamed", "described", "photographed"]
     for _ in range(20):  # reflexive gender agreement
         (noun, good_r, bad_r), verb = rng.choice(people), rng.choice(verbs)
-        out.append({"good": f"The {noun} {verb} {good_r} in the mirror.", "bad": f"The {noun} {verb} {bad_r} in the mirror.",
-                    "phenomenon": "anaphor_agreement"})
+        out.append(
+            {
+                "good": f"The {noun} {verb} {good_r} in the mirror.",
+                "bad": f"The {noun} {verb} {bad_r} in the mirror.",
+                "phenomenon": "anaphor_agreement",
+            }
+        )
     subjects = ["The child", "My neighbor", "The old man", "The student", "Her brother", "The guest"]
-    transitive = [("devoured", "the cake"), ("repaired", "the clock"), ("admired", "the view"),
-                  ("borrowed", "a pen"), ("described", "the painting")]
+    transitive = [
+        ("devoured", "the cake"),
+        ("repaired", "the clock"),
+        ("admired", "the view"),
+        ("borrowed", "a pen"),
+        ("described", "the painting"),
+    ]
     intransitive = [("slept", "soundly"), ("arrived", "late"), ("laughed", "loudly"), ("fainted", "suddenly")]
     for _ in range(20):  # argument structure
         subj = rng.choice(subjects)
@@ -125,16 +168,34 @@ def minimal_pairs(seed: int = 0) -> list[dict]:
             out.append({"good": f"{subj} {verb} {obj}.", "bad": f"{subj} {verb}.", "phenomenon": "argument_structure"})
         else:
             verb, adv = rng.choice(intransitive)
-            out.append({"good": f"{subj} {verb} {adv}.", "bad": f"{subj} {verb} the table {adv}.",
-                        "phenomenon": "argument_structure"})
-    irregular = [("wrote", "writed", "a letter"), ("ate", "eated", "an apple"), ("took", "taked", "the bus"),
-                 ("saw", "seed", "a bird"), ("gave", "gived", "a present"), ("drove", "drived", "the car"),
-                 ("sang", "singed", "a song"), ("broke", "breaked", "the glass"), ("caught", "catched", "the ball")]
+            out.append(
+                {
+                    "good": f"{subj} {verb} {adv}.",
+                    "bad": f"{subj} {verb} the table {adv}.",
+                    "phenomenon": "argument_structure",
+                }
+            )
+    irregular = [
+        ("wrote", "writed", "a letter"),
+        ("ate", "eated", "an apple"),
+        ("took", "taked", "the bus"),
+        ("saw", "seed", "a bird"),
+        ("gave", "gived", "a present"),
+        ("drove", "drived", "the car"),
+        ("sang", "singed", "a song"),
+        ("broke", "breaked", "the glass"),
+        ("caught", "catched", "the ball"),
+    ]
     for _ in range(20):  # irregular past tense
         subj = rng.choice(subjects)
         good_v, bad_v, obj = rng.choice(irregular)
-        out.append({"good": f"{subj} {good_v} {obj} yesterday.", "bad": f"{subj} {bad_v} {obj} yesterday.",
-                    "phenomenon": "irregular_past"})
+        out.append(
+            {
+                "good": f"{subj} {good_v} {obj} yesterday.",
+                "bad": f"{subj} {bad_v} {obj} yesterday.",
+                "phenomenon": "irregular_past",
+            }
+        )
     unique = list({(r["good"], r["bad"]): r for r in out}.values())
     return unique
 

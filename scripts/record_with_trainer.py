@@ -9,8 +9,7 @@ import argparse
 import h5py
 import lightning as L
 
-from localizer import (ActivationRecorder, HDF5ActivationWriter, LocalizerDataModule, load_model,
-                       load_stimuli)
+from localizer import ActivationRecorder, HDF5ActivationWriter, LocalizerDataModule, load_model, load_stimuli
 
 
 def main() -> None:
@@ -27,15 +26,26 @@ def main() -> None:
     # 2. the model and the tokenizer/image processor for its inputs
     loaded = load_model(args.model, "text" if "text" in stimuli.column_names else "image")
     # 3. a LightningModule whose predict_step returns {layer: [B, U_layer]} pooled activations
-    recorder = ActivationRecorder(loaded.model, args.layers, modality="text" if "text" in stimuli.column_names
-                                  else "image", model_name=loaded.name, model_class=loaded.model_class)
+    recorder = ActivationRecorder(
+        loaded.model,
+        args.layers,
+        modality="text" if "text" in stimuli.column_names else "image",
+        model_name=loaded.name,
+        model_class=loaded.model_class,
+    )
     # 4. batches that carry their dataset indices, so every rank's rows land in the right place
     data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=16)
     # 5. a prediction writer that streams each batch to this rank's shard; rank 0 writes the master at the end
     writer = HDF5ActivationWriter(args.out)
     strategy = "ddp" if args.devices > 1 else "auto"
-    trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, logger=False,
-                        enable_checkpointing=False, callbacks=[writer])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=strategy,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[writer],
+    )
     trainer.predict(recorder, datamodule=data, return_predictions=False)
 
     if trainer.is_global_zero:

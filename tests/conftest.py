@@ -10,8 +10,10 @@ import numpy as np  # test's capsys stream that is closed after that test
 import pytest
 import torch
 
-WORDS = ("the cat dog sat ran on a mat big small red blue house tree river bird sang under over quickly slowly "
-         "green old young child walked talked near far light dark stone water").split()
+WORDS = (
+    "the cat dog sat ran on a mat big small red blue house tree river bird sang under over quickly slowly "
+    "green old young child walked talked near far light dark stone water"
+).split()
 
 
 def make_texts(n: int, seed: int = 0) -> list[dict]:
@@ -20,8 +22,13 @@ def make_texts(n: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(n):
         k = rng.randint(1, 15)
-        rows.append({"text": " ".join(rng.choice(WORDS) for _ in range(k)), "positive": i % 2 == 0,
-                     "split": "validation" if i % 5 == 3 else "localize"})
+        rows.append(
+            {
+                "text": " ".join(rng.choice(WORDS) for _ in range(k)),
+                "positive": i % 2 == 0,
+                "split": "validation" if i % 5 == 3 else "localize",
+            }
+        )
     return rows
 
 
@@ -54,8 +61,15 @@ def gpt2_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpt2")
     tok = _tokenizer(d)
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=len(tok),
-                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=64,
+        vocab_size=len(tok),
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.eos_token_id,
+    )
     GPT2LMHeadModel(cfg).eval().save_pretrained(d)
     return str(d)
 
@@ -68,8 +82,15 @@ def bert_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("bert")
     tok = _tokenizer(d)
     torch.manual_seed(1)
-    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
-                     vocab_size=len(tok), max_position_embeddings=64, pad_token_id=tok.convert_tokens_to_ids("<pad>"))
+    cfg = BertConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=len(tok),
+        max_position_embeddings=64,
+        pad_token_id=tok.convert_tokens_to_ids("<pad>"),
+    )
     BertModel(cfg).eval().save_pretrained(d)
     return str(d)
 
@@ -81,8 +102,9 @@ def resnet_dir(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("resnet")
     torch.manual_seed(2)
-    cfg = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="basic",
-                       num_labels=3)
+    cfg = ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="basic", num_labels=3
+    )
     ResNetForImageClassification(cfg).eval().save_pretrained(d)
     ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(d)
     return str(d)

@@ -27,7 +27,7 @@ class PlantedCNN(nn.Module):
             w = torch.zeros(N_CHANNELS, 1, SIZE, SIZE)
             left = torch.zeros(SIZE, SIZE)
             left[:, : SIZE // 2] = 1.0
-            left[:, SIZE // 2:] = -1.0
+            left[:, SIZE // 2 :] = -1.0
             w[0, 0], w[1, 0] = left, left * 1.1
             w[2, 0], w[3, 0] = -0.5 * left, -0.55 * left
             w[4:, 0] = 0.2 + 0.1 * torch.rand(N_CHANNELS - 4, SIZE, SIZE, generator=g)
@@ -65,7 +65,7 @@ def images(n: int, seed: int):
         contrast = rng.uniform(0.01, 0.5)
         a = np.full((SIZE, SIZE), 0.5) + rng.normal(0, 0.02, (SIZE, SIZE))
         a[:, : SIZE // 2] += contrast if pos else -contrast
-        a[:, SIZE // 2:] += -contrast if pos else contrast
+        a[:, SIZE // 2 :] += -contrast if pos else contrast
         a *= rng.uniform(0.5, 1.0)  # overall brightness varies: drives channels 4-15
         out.append(Image.fromarray((np.clip(a, 0, 1) * 255).astype(np.uint8), mode="L"))
         positive.append(pos)

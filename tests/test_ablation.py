@@ -8,8 +8,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_texts, write_jsonl
+
 from localizer import extract
 from localizer.ablation.ablate import run_ablation
 from localizer.ablation.summary import control_statistics
@@ -28,8 +28,9 @@ def gpt2_selection(gpt2_dir, text_file, tmp_path_factory):
     return d / "sel.h5"
 
 
-def next_token_reference(model_dir, texts, zero: dict[int, np.ndarray] | None = None,
-                         fill: dict[int, np.ndarray] | None = None):
+def next_token_reference(
+    model_dir, texts, zero: dict[int, np.ndarray] | None = None, fill: dict[int, np.ndarray] | None = None
+):
     """Micro-averaged next-token accuracy and cross-entropy, one unpadded text at a time, with the test's own hooks
     replacing hidden dims of block outputs (zero, or ``fill`` values)."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
@@ -38,10 +39,12 @@ def next_token_reference(model_dir, texts, zero: dict[int, np.ndarray] | None = 
     model = GPT2LMHeadModel.from_pretrained(model_dir).eval()
     handles = []
     for block, dims in (zero or {}).items():
+
         def hook(module, args, output, dims=dims, block=block):
             h = output[0].clone() if isinstance(output, tuple) else output.clone()
             h[..., dims] = 0.0 if fill is None else torch.tensor(fill[block][dims], dtype=h.dtype)
             return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+
         handles.append(model.transformer.h[block].register_forward_hook(hook))
     correct = total = 0
     nll = 0.0
@@ -61,8 +64,16 @@ def next_token_reference(model_dir, texts, zero: dict[int, np.ndarray] | None = 
 def test_next_token_baseline_and_localized_match_direct_computation(gpt2_dir, gpt2_selection, tmp_path):
     texts = [r["text"] for r in make_texts(23, seed=8)]
     data = write_jsonl(tmp_path / "task.jsonl", [{"text": t} for t in texts])
-    doc = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, batch_size=5,
-                       out=tmp_path / "res.json", log_dir=None, trainer=CPU)
+    doc = run_ablation(
+        gpt2_selection,
+        "next-token",
+        model=gpt2_dir,
+        task_data=data,
+        batch_size=5,
+        out=tmp_path / "res.json",
+        log_dir=None,
+        trainer=CPU,
+    )
     acc, ce = next_token_reference(gpt2_dir, texts)
     assert doc["baseline"]["accuracy"] == pytest.approx(acc, abs=1e-12)
     assert doc["baseline"]["cross_entropy"] == pytest.approx(ce, rel=1e-5)
@@ -74,8 +85,9 @@ def test_next_token_baseline_and_localized_match_direct_computation(gpt2_dir, gp
     assert doc["delta"]["localized"]["cross_entropy"] == pytest.approx(ce_l - ce, abs=1e-5)
     # one control set, by hand too
     c = sel["controls"]["global"][2]
-    acc_c, ce_c = next_token_reference(gpt2_dir, texts, {i: np.flatnonzero(c[f"transformer.h.{i}"]) for i in range(2)
-                                                         if c[f"transformer.h.{i}"].any()})
+    acc_c, ce_c = next_token_reference(
+        gpt2_dir, texts, {i: np.flatnonzero(c[f"transformer.h.{i}"]) for i in range(2) if c[f"transformer.h.{i}"].any()}
+    )
     assert doc["controls"]["global"][2]["cross_entropy"] == pytest.approx(ce_c, rel=1e-5)
     saved = json.loads((tmp_path / "res.json").read_text())
     assert saved["n_selected"] == 6 and set(saved["z"]) == {"global", "layer_matched", "magnitude_matched"}
@@ -86,15 +98,31 @@ def test_mean_ablation_uses_selection_means_and_scale_one_is_identity(gpt2_dir, 
     texts = [r["text"] for r in make_texts(15, seed=9)]
     data = write_jsonl(tmp_path / "task.jsonl", [{"text": t} for t in texts])
     sel = read_selection_file(gpt2_selection)
-    doc = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, method="mean", batch_size=4,
-                       log_dir=None, trainer=CPU)
+    doc = run_ablation(
+        gpt2_selection,
+        "next-token",
+        model=gpt2_dir,
+        task_data=data,
+        method="mean",
+        batch_size=4,
+        log_dir=None,
+        trainer=CPU,
+    )
     dims = {i: np.flatnonzero(sel["mask"][f"transformer.h.{i}"]) for i in range(2)}
     fill = {i: sel["stats"][f"transformer.h.{i}"]["mean_all"] for i in range(2)}
     acc, ce = next_token_reference(gpt2_dir, texts, {i: d for i, d in dims.items() if len(d)}, fill)
     assert doc["localized"]["cross_entropy"] == pytest.approx(ce, rel=1e-5)
     assert doc["localized"]["accuracy"] == pytest.approx(acc, abs=1e-12)
-    same = run_ablation(gpt2_selection, "next-token", model=gpt2_dir, task_data=data, method="scale=1",
-                        batch_size=4, log_dir=None, trainer=CPU)
+    same = run_ablation(
+        gpt2_selection,
+        "next-token",
+        model=gpt2_dir,
+        task_data=data,
+        method="scale=1",
+        batch_size=4,
+        log_dir=None,
+        trainer=CPU,
+    )
     for m in same["metrics"]:
         assert same["delta"]["localized"][m] == 0.0
         assert all(d[m] == 0.0 for k in ("global", "layer_matched", "magnitude_matched") for d in same["delta"][k])
@@ -105,8 +133,16 @@ def test_minimal_pairs_match_direct_computation(gpt2_dir, gpt2_selection, tmp_pa
 
     rows = [{"good": r["text"], "bad": " ".join(reversed(r["text"].split())) + " the"} for r in make_texts(17, seed=3)]
     data = write_jsonl(tmp_path / "pairs.jsonl", rows)
-    doc = run_ablation(gpt2_selection, "minimal-pairs", model=gpt2_dir, task_data=data, controls="global",
-                       batch_size=4, log_dir=None, trainer=CPU)
+    doc = run_ablation(
+        gpt2_selection,
+        "minimal-pairs",
+        model=gpt2_dir,
+        task_data=data,
+        controls="global",
+        batch_size=4,
+        log_dir=None,
+        trainer=CPU,
+    )
     tok = AutoTokenizer.from_pretrained(gpt2_dir)
     model = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
 
@@ -128,15 +164,32 @@ def planted(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("planted")
     ims, pos = images(400, seed=0)
-    ds = datasets.Dataset.from_dict({"image": ims, "positive": pos, "label": [int(p) for p in pos],
-                                     "split": ["localize"] * 200 + ["validation"] * 200},
-                                    features=datasets.Features({"image": datasets.Image(),
-                                                                "positive": datasets.Value("bool"),
-                                                                "label": datasets.Value("int64"),
-                                                                "split": datasets.Value("string")}))
+    ds = datasets.Dataset.from_dict(
+        {
+            "image": ims,
+            "positive": pos,
+            "label": [int(p) for p in pos],
+            "split": ["localize"] * 200 + ["validation"] * 200,
+        },
+        features=datasets.Features(
+            {
+                "image": datasets.Image(),
+                "positive": datasets.Value("bool"),
+                "label": datasets.Value("int64"),
+                "split": datasets.Value("string"),
+            }
+        ),
+    )
     ds.save_to_disk(str(d / "stimuli"))
-    acts = extract("planted_models:planted_cnn", d / "stimuli", d / "acts.h5", layers="features",
-                   transform="planted_models:to_tensor", batch_size=50, trainer=CPU)
+    acts = extract(
+        "planted_models:planted_cnn",
+        d / "stimuli",
+        d / "acts.h5",
+        layers="features",
+        transform="planted_models:to_tensor",
+        batch_size=50,
+        trainer=CPU,
+    )
     select_file(acts, d / "sel.h5", SelectionOptions(count=2, controls=12, seed=0), log_dir=None)
     return d
 
@@ -144,9 +197,16 @@ def planted(tmp_path_factory):
 def test_planted_units_are_necessary_and_controls_are_not(planted, tmp_path):
     sel = read_selection_file(planted / "sel.h5")
     assert np.flatnonzero(sel["mask"]["features"]).tolist() == [0, 1]
-    doc = run_ablation(planted / "sel.h5", "classification", model="planted_models:planted_cnn",
-                       task_data=None, batch_size=32, log_dir=tmp_path / "tb", trainer=CPU,
-                       loaded=_planted_loaded())
+    doc = run_ablation(
+        planted / "sel.h5",
+        "classification",
+        model="planted_models:planted_cnn",
+        task_data=None,
+        batch_size=32,
+        log_dir=tmp_path / "tb",
+        trainer=CPU,
+        loaded=_planted_loaded(),
+    )
     assert doc["baseline"]["accuracy"] > 0.95
     assert abs(doc["localized"]["accuracy"] - 0.5) < 0.1  # near chance (2 balanced classes)
     assert doc["localized"]["accuracy_class_1"] < 0.2  # the positive class is lost
@@ -191,8 +251,16 @@ def _planted_loaded():
 
 
 def test_agreement_matches_direct_computation(planted):
-    doc = run_ablation(planted / "sel.h5", "agreement", batch_size=64, log_dir=None, trainer=CPU,
-                       loaded=_planted_loaded(), controls="global", n_controls=3)
+    doc = run_ablation(
+        planted / "sel.h5",
+        "agreement",
+        batch_size=64,
+        log_dir=None,
+        trainer=CPU,
+        loaded=_planted_loaded(),
+        controls="global",
+        n_controls=3,
+    )
     lb, la, ds = planted_logits_by_hand(planted)
     lb, la, pos = torch.log_softmax(lb, -1), torch.log_softmax(la, -1), torch.tensor(ds["positive"])
     same = la.argmax(1) == lb.argmax(1)
@@ -207,8 +275,16 @@ def test_agreement_matches_direct_computation(planted):
 def test_tensorboard_tags(planted, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_ablation(planted / "sel.h5", "classification", batch_size=64, log_dir=tmp_path / "tb", trainer=CPU,
-                 loaded=_planted_loaded(), n_controls=2, sweep="12.5,25,50")
+    run_ablation(
+        planted / "sel.h5",
+        "classification",
+        batch_size=64,
+        log_dir=tmp_path / "tb",
+        trainer=CPU,
+        loaded=_planted_loaded(),
+        n_controls=2,
+        sweep="12.5,25,50",
+    )
     run_dir = next((tmp_path / "tb" / "ablate").iterdir())
     files = [str(p) for p in run_dir.iterdir() if p.name.startswith("events")]
     tags = {"scalars": set(), "images": set()}
@@ -225,8 +301,16 @@ def test_tensorboard_tags(planted, tmp_path):
 
 
 def test_sweep_reselects_from_stored_t(planted):
-    doc = run_ablation(planted / "sel.h5", "classification", batch_size=64, log_dir=None, trainer=CPU,
-                       loaded=_planted_loaded(), n_controls=2, sweep="12.5,25")
+    doc = run_ablation(
+        planted / "sel.h5",
+        "classification",
+        batch_size=64,
+        log_dir=None,
+        trainer=CPU,
+        loaded=_planted_loaded(),
+        n_controls=2,
+        sweep="12.5,25",
+    )
     tops = [p["top"] for p in doc["sweep"]]
     assert tops == ["12.5", "25"]
     # 12.5% of 16 channels = 2 units = the original selection: the same localized delta

@@ -17,10 +17,10 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
-
 from conftest import make_texts, write_jsonl
-from localizer.cli import main
 from test_selectivity import synthetic, write_activation_file
+
+from localizer.cli import main
 
 CPU = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 
@@ -33,13 +33,20 @@ def w(gpt2_dir, bert_dir, resnet_dir, text_file, tmp_path_factory):
     from localizer.selection.select import select_file
 
     d = tmp_path_factory.mktemp("catalogue")
-    acts = extract(gpt2_dir, text_file, d / "acts.h5", layers="transformer.h.*", segment_mb=0.001,
-                   trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    acts = extract(
+        gpt2_dir,
+        text_file,
+        d / "acts.h5",
+        layers="transformer.h.*",
+        segment_mb=0.001,
+        trainer={"accelerator": "cpu", "enable_progress_bar": False},
+    )
     select_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
     layers, positive = synthetic(seed=4)
     syn = write_activation_file(d / "syn.h5", layers, positive)
-    return SimpleNamespace(gpt2=gpt2_dir, bert=bert_dir, resnet=resnet_dir, text=text_file, acts=acts,
-                           sel=d / "sel.h5", syn=syn, dir=d)
+    return SimpleNamespace(
+        gpt2=gpt2_dir, bert=bert_dir, resnet=resnet_dir, text=text_file, acts=acts, sel=d / "sel.h5", syn=syn, dir=d
+    )
 
 
 def extract_args(w, t, *extra, model=None, stimuli=None, out=None):
@@ -50,6 +57,7 @@ def extract_args(w, t, *extra, model=None, stimuli=None, out=None):
 def bad_stimuli(rows):
     def build(w, t):
         return extract_args(w, t, stimuli=write_jsonl(t / "bad.jsonl", rows)), t / "a.h5"
+
     return build
 
 
@@ -72,8 +80,14 @@ def partial_with_other_settings(w, t):
     """A partial extraction (segments, no master: as after a crash before the rename) with other layers."""
     from localizer import extract
 
-    extract(w.gpt2, w.text, t / "a.h5", layers="transformer.h.0", segment_mb=0.001,
-            trainer={"accelerator": "cpu", "enable_progress_bar": False})
+    extract(
+        w.gpt2,
+        w.text,
+        t / "a.h5",
+        layers="transformer.h.0",
+        segment_mb=0.001,
+        trainer={"accelerator": "cpu", "enable_progress_bar": False},
+    )
     (t / "a.h5").unlink()
     return extract_args(w, t, "--layers", "transformer.h.1"), t / "a.h5"
 
@@ -86,6 +100,7 @@ def yaml_with_unknown_key(command):
         else:
             cfg.write_text(json.dumps({"model": "gemma-3-270m", "colour": "red"}))
         return [command, "--config", cfg], t / "a.h5"
+
     return build
 
 
@@ -105,25 +120,44 @@ def damaged_copy(kind):
             with h5py.File(t / "acts.h5", "a") as f:
                 f.attrs["format_version"] = 7
         return ["select", "--activations", t / "acts.h5", "--out", t / "s.h5"], t / "s.h5"
+
     return build
 
 
 def select_args(*extra):
     def build(w, t):
         return ["select", "--activations", w.syn, "--out", t / "s.h5", *extra], t / "s.h5"
+
     return build
 
 
 def ablate_args(case):
     def build(w, t):
-        args = ["ablate", "--selection", w.sel, "--model", w.gpt2, "--task", "next-token",
-                "--task-data", write_jsonl(t / "t.jsonl", [{"text": "a b c"}, {"text": "d e"}]),
-                "--log-dir", t / "tb", "--out", t / "r.json", *CPU]
+        args = [
+            "ablate",
+            "--selection",
+            w.sel,
+            "--model",
+            w.gpt2,
+            "--task",
+            "next-token",
+            "--task-data",
+            write_jsonl(t / "t.jsonl", [{"text": "a b c"}, {"text": "d e"}]),
+            "--log-dir",
+            t / "tb",
+            "--out",
+            t / "r.json",
+            *CPU,
+        ]
         if case == "no labels":
             args[6] = "classification"
         elif case == "bad pairs":
-            args[5:9] = ["--task", "minimal-pairs", "--task-data",
-                         write_jsonl(t / "p.jsonl", [{"good": "a b", "bad": ""}])]
+            args[5:9] = [
+                "--task",
+                "minimal-pairs",
+                "--task-data",
+                write_jsonl(t / "p.jsonl", [{"good": "a b", "bad": ""}]),
+            ]
         elif case == "other model":
             args[4], args[6] = w.bert, "agreement"  # a BERT has encoder.layer.*, not transformer.h.*
             args[8] = write_jsonl(t / "a.jsonl", [{"text": "a b", "positive": True}, {"text": "c", "positive": False}])
@@ -155,60 +189,107 @@ def ablate_args(case):
             from localizer.selection.select import select_file
 
             rows = [{"text": r["text"], "positive": r["positive"]} for r in make_texts(12)]
-            acts = extract(w.gpt2, write_jsonl(t / "ns.jsonl", rows), t / "ns.h5",
-                           trainer={"accelerator": "cpu", "enable_progress_bar": False})
+            acts = extract(
+                w.gpt2,
+                write_jsonl(t / "ns.jsonl", rows),
+                t / "ns.h5",
+                trainer={"accelerator": "cpu", "enable_progress_bar": False},
+            )
             select_file(acts, t / "ns_sel.h5", SelectionOptions(count=2, controls=1), log_dir=None)
             args[2] = t / "ns_sel.h5"
             del args[7:9]  # no --task-data: the recorded stimuli's validation rows
         return args, t / "r.json"
+
     return build
 
 
 CASES = {
     # extract: model, layers, stimuli, outputs, processes, options, resuming
     "unknown model path": (lambda w, t: (extract_args(w, t, model=t / "nope"), t / "a.h5"), "not a model directory"),
-    "hub model id without network": (lambda w, t: (extract_args(w, t, model="localizer-tests/no-such-model"),
-                                                   t / "a.h5"), "reachable hub id"),
-    "layer glob matching nothing": (lambda w, t: (extract_args(w, t, "--layers", "transformer.x.*"), t / "a.h5"),
-                                    ("'transformer.x.*' matches no module", "transformer.h.*")),
-    "stimuli missing positive": (bad_stimuli([{"text": "a b", "label": 1}, {"text": "c", "label": 0}]),
-                                 "missing the bool column 'positive'"),
-    "only one class": (bad_stimuli([{"text": "a b", "positive": True}, {"text": "c", "positive": True}]),
-                       "only one class present"),
-    "non-bool positive": (bad_stimuli([{"text": "a b", "positive": 1}, {"text": "c", "positive": 0}]),
-                          "'positive' must be bool"),
-    "empty text": (bad_stimuli([{"text": "a b", "positive": True}, {"text": "  ", "positive": False}]),
-                   "stimulus 1 has an empty"),
-    "unknown split value": (bad_stimuli([{"text": "a", "positive": True, "split": "train"},
-                                         {"text": "b", "positive": False, "split": "validation"}]),
-                            "'split' may only hold"),
-    "no text or image column": (bad_stimuli([{"words": "a", "positive": True}, {"words": "b", "positive": False}]),
-                                "exactly one of the columns"),
-    "empty stimulus file": (lambda w, t: ((t / "e.jsonl").write_text("") and None or
-                                          extract_args(w, t, stimuli=t / "e.jsonl"), t / "a.h5"), "empty"),
+    "hub model id without network": (
+        lambda w, t: (extract_args(w, t, model="localizer-tests/no-such-model"), t / "a.h5"),
+        "reachable hub id",
+    ),
+    "layer glob matching nothing": (
+        lambda w, t: (extract_args(w, t, "--layers", "transformer.x.*"), t / "a.h5"),
+        ("'transformer.x.*' matches no module", "transformer.h.*"),
+    ),
+    "stimuli missing positive": (
+        bad_stimuli([{"text": "a b", "label": 1}, {"text": "c", "label": 0}]),
+        "missing the bool column 'positive'",
+    ),
+    "only one class": (
+        bad_stimuli([{"text": "a b", "positive": True}, {"text": "c", "positive": True}]),
+        "only one class present",
+    ),
+    "non-bool positive": (
+        bad_stimuli([{"text": "a b", "positive": 1}, {"text": "c", "positive": 0}]),
+        "'positive' must be bool",
+    ),
+    "empty text": (
+        bad_stimuli([{"text": "a b", "positive": True}, {"text": "  ", "positive": False}]),
+        "stimulus 1 has an empty",
+    ),
+    "unknown split value": (
+        bad_stimuli(
+            [{"text": "a", "positive": True, "split": "train"}, {"text": "b", "positive": False, "split": "validation"}]
+        ),
+        "'split' may only hold",
+    ),
+    "no text or image column": (
+        bad_stimuli([{"words": "a", "positive": True}, {"words": "b", "positive": False}]),
+        "exactly one of the columns",
+    ),
+    "empty stimulus file": (
+        lambda w, t: ((t / "e.jsonl").write_text("") and None or extract_args(w, t, stimuli=t / "e.jsonl"), t / "a.h5"),
+        "empty",
+    ),
     "unreadable image": (image_folder_with_broken_file, "broken.png: unreadable image"),
-    "output under a file": (lambda w, t: ((t / "f").write_text("") and None or
-                                          extract_args(w, t, out=t / "f" / "a.h5"), None), "is a file, not a folder"),
-    "output folder not writable": (lambda w, t: (extract_args(w, t, out="/proc/sys/a.h5"), Path("/proc/sys/a.h5")),
-                                   "output folder /proc/sys is not writable"),
+    "output under a file": (
+        lambda w, t: ((t / "f").write_text("") and None or extract_args(w, t, out=t / "f" / "a.h5"), None),
+        "is a file, not a folder",
+    ),
+    "output folder not writable": (
+        lambda w, t: (extract_args(w, t, out="/proc/sys/a.h5"), Path("/proc/sys/a.h5")),
+        "output folder /proc/sys is not writable",
+    ),
     "existing output": (existing_output, "exists; pass --overwrite to replace it"),
-    "more processes than stimuli": (lambda w, t: (extract_args(
-        w, t, "--trainer.devices", "3", "--trainer.strategy", "ddp",
-        stimuli=write_jsonl(t / "two.jsonl", make_texts(2))), t / "a.h5"), "3 processes for 2 stimuli"),
-    "pooling of another modality": (lambda w, t: (extract_args(w, t, "--pooling", "channel"), t / "a.h5"),
-                                     "does not fit text stimuli"),
+    "more processes than stimuli": (
+        lambda w, t: (
+            extract_args(
+                w,
+                t,
+                "--trainer.devices",
+                "3",
+                "--trainer.strategy",
+                "ddp",
+                stimuli=write_jsonl(t / "two.jsonl", make_texts(2)),
+            ),
+            t / "a.h5",
+        ),
+        "3 processes for 2 stimuli",
+    ),
+    "pooling of another modality": (
+        lambda w, t: (extract_args(w, t, "--pooling", "channel"), t / "a.h5"),
+        "does not fit text stimuli",
+    ),
     "unknown option": (lambda w, t: (extract_args(w, t, "--no-such-option", "1"), t / "a.h5"), "no-such-option"),
     "extract config with unknown key": (yaml_with_unknown_key("extract"), "colour"),
-    "unknown nan policy": (lambda w, t: (extract_args(w, t, "--nan_policy", "zero"), t / "a.h5"),
-                           "option --nan_policy: 'zero' is not one of error, allow"),
-    "resume with nothing to resume": (lambda w, t: (extract_args(w, t, "--resume"), t / "a.h5"),
-                                      "nothing to resume"),
-    "partial extraction with other settings": (partial_with_other_settings,
-                                               "holds a partial extraction made with other settings (layers "
-                                               "['transformer.h.0'] -> ['transformer.h.1']); pass --overwrite"),
+    "unknown nan policy": (
+        lambda w, t: (extract_args(w, t, "--nan_policy", "zero"), t / "a.h5"),
+        "option --nan_policy: 'zero' is not one of error, allow",
+    ),
+    "resume with nothing to resume": (lambda w, t: (extract_args(w, t, "--resume"), t / "a.h5"), "nothing to resume"),
+    "partial extraction with other settings": (
+        partial_with_other_settings,
+        "holds a partial extraction made with other settings (layers "
+        "['transformer.h.0'] -> ['transformer.h.1']); pass --overwrite",
+    ),
     # select: damaged or foreign activation files, selection rules
-    "activation file missing": (lambda w, t: (["select", "--activations", t / "no.h5", "--out", t / "s.h5"],
-                                              t / "s.h5"), "no.h5 does not exist"),
+    "activation file missing": (
+        lambda w, t: (["select", "--activations", t / "no.h5", "--out", t / "s.h5"], t / "s.h5"),
+        "no.h5 does not exist",
+    ),
     "truncated activation file": (damaged_copy("truncated master"), "not a readable HDF5 file"),
     "truncated segment file": (damaged_copy("truncated segment"), "cannot be read"),
     "corrupt activation file": (damaged_copy("corrupt"), "not a readable HDF5 file"),
@@ -218,7 +299,10 @@ CASES = {
     "--top selecting no unit": (select_args("--top", "0.1%"), "k = 0 units"),
     "two selection rules": (select_args("--bottom", "--fdr", "0.1"), "choose one of"),
     "--count with --fdr": (select_args("--count", "5", "--fdr", "0.1"), "--count does not apply to --fdr"),
-    "unknown alternative": (select_args("--alternative", "less"), "option --alternative: 'less' is not one of greater, two-sided"),
+    "unknown alternative": (
+        select_args("--alternative", "less"),
+        "option --alternative: 'less' is not one of greater, two-sided",
+    ),
     "more controls than the pool": (select_args("--count", "148"), "only"),
     "more layer-matched controls than a layer": (select_args("--count", "70"), "layer-matched controls need"),
     # ablate
@@ -262,8 +346,9 @@ def test_bad_input(w, tmp_path, capfd, case):
 def test_real_processes(w, tmp_path, case):
     build, expected = CASES[case]
     argv, _ = build(w, tmp_path)
-    r = subprocess.run([sys.executable, "-m", "localizer", *map(str, argv)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "localizer", *map(str, argv)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr + r.stdout
     last = r.stderr.strip().splitlines()[-1]

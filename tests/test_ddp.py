@@ -10,14 +10,19 @@ import sys
 import h5py
 import numpy as np
 import pytest
-
 from conftest import make_texts, write_jsonl
 
 
 def run_cli(*args, cwd=None, extra_env=None):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    return subprocess.run([sys.executable, "-m", "localizer", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "localizer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def contents(path):
@@ -31,8 +36,21 @@ def contents(path):
 @pytest.mark.parametrize("n,batch", [(37, 4), (21, 5)])
 def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
     stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(n, seed=n))
-    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch-size", batch, "--pooling", "mean",
-              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    common = [
+        "extract",
+        "--model",
+        gpt2_dir,
+        "--stimuli",
+        stimuli,
+        "--batch-size",
+        batch,
+        "--pooling",
+        "mean",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     one = run_cli(*common, "--out", tmp_path / "one.h5", "--trainer.devices", 1)
     assert one.returncode == 0, one.stderr[-3000:]
     two = run_cli(*common, "--out", tmp_path / "two.h5", "--trainer.devices", 2, "--trainer.strategy", "ddp")
@@ -66,8 +84,9 @@ def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
     try:
         os.chdir("/")
         with h5py.File(tmp_path / "two.h5") as f:
-            np.testing.assert_allclose(f["activations/transformer.h.1"][:], a["activations/transformer.h.1"],
-                                       atol=1e-6, rtol=0)
+            np.testing.assert_allclose(
+                f["activations/transformer.h.1"][:], a["activations/transformer.h.1"], atol=1e-6, rtol=0
+            )
     finally:
         os.chdir(cwd)
 
@@ -79,17 +98,41 @@ def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_pat
 
     stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(37, seed=5))
     sel_args = ["--top", "5%", "--controls", "3", "--seed", "4", "--split-half"]
-    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch-size", 1, "--trainer.accelerator", "cpu",
-              "--trainer.enable_progress_bar", "false", *sel_args]
+    common = [
+        "extract",
+        "--model",
+        gpt2_dir,
+        "--stimuli",
+        stimuli,
+        "--batch-size",
+        1,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        *sel_args,
+    ]
     env_one = {"OMP_NUM_THREADS": "1"}
     runs = {}
-    for name, extra in (("one", ["--trainer.devices", 1]), ("two", ["--trainer.devices", 2, "--trainer.strategy", "ddp"])):
-        r = run_cli(*common, "--out", tmp_path / f"{name}.h5", "--selection", tmp_path / f"{name}_sel.h5", *extra,
-                    cwd=tmp_path, extra_env=env_one)
+    for name, extra in (
+        ("one", ["--trainer.devices", 1]),
+        ("two", ["--trainer.devices", 2, "--trainer.strategy", "ddp"]),
+    ):
+        r = run_cli(
+            *common,
+            "--out",
+            tmp_path / f"{name}.h5",
+            "--selection",
+            tmp_path / f"{name}_sel.h5",
+            *extra,
+            cwd=tmp_path,
+            extra_env=env_one,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         runs[name] = read_selection_file(tmp_path / f"{name}_sel.h5")
-    off = run_cli("select", "--activations", tmp_path / "two.h5", "--out", tmp_path / "off_sel.h5", *sel_args,
-                  cwd=tmp_path)
+    off = run_cli(
+        "select", "--activations", tmp_path / "two.h5", "--out", tmp_path / "off_sel.h5", *sel_args, cwd=tmp_path
+    )
     assert off.returncode == 0, off.stderr[-3000:]
     runs["offline"] = read_selection_file(tmp_path / "off_sel.h5")
 
@@ -103,8 +146,9 @@ def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_pat
         o = runs[other]
         for layer in base["layers"]:
             for stat, value in base["stats"][layer].items():
-                np.testing.assert_allclose(o["stats"][layer][stat], value, rtol=1e-9, atol=1e-12,
-                                           err_msg=f"{other} {layer} {stat}")
+                np.testing.assert_allclose(
+                    o["stats"][layer][stat], value, rtol=1e-9, atol=1e-12, err_msg=f"{other} {layer} {stat}"
+                )
             np.testing.assert_array_equal(o["mask"][layer], base["mask"][layer])
             np.testing.assert_allclose(o["validation_t"][layer], base["validation_t"][layer], rtol=1e-9, atol=1e-12)
             for kind, sets in base["controls"].items():
@@ -119,16 +163,53 @@ def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_pat
 def test_ablation_two_processes_count_every_sample_once(gpt2_dir, tmp_path):
     """21 task rows (not divisible by 2 x batch size): Lightning's padded sampler would count one twice."""
     stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(30, seed=2))
-    r = run_cli("extract", "--model", gpt2_dir, "--stimuli", stimuli, "--out", tmp_path / "a.h5",
-                "--selection", tmp_path / "sel.h5", "--count", 5, "--controls", 3, "--trainer.accelerator", "cpu",
-                "--trainer.enable_progress_bar", "false", cwd=tmp_path)
+    r = run_cli(
+        "extract",
+        "--model",
+        gpt2_dir,
+        "--stimuli",
+        stimuli,
+        "--out",
+        tmp_path / "a.h5",
+        "--selection",
+        tmp_path / "sel.h5",
+        "--count",
+        5,
+        "--controls",
+        3,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     task = write_jsonl(tmp_path / "task.jsonl", [{"text": row["text"]} for row in make_texts(21, seed=6)])
     docs = {}
-    for name, extra in (("one", ["--trainer.devices", 1]), ("two", ["--trainer.devices", 2, "--trainer.strategy", "ddp"])):
-        r = run_cli("ablate", "--selection", tmp_path / "sel.h5", "--task", "next-token", "--task-data", task,
-                    "--batch-size", 1, "--out", tmp_path / f"{name}.json", "--trainer.accelerator", "cpu",
-                    "--trainer.enable_progress_bar", "false", *extra, cwd=tmp_path, extra_env={"OMP_NUM_THREADS": "1"})
+    for name, extra in (
+        ("one", ["--trainer.devices", 1]),
+        ("two", ["--trainer.devices", 2, "--trainer.strategy", "ddp"]),
+    ):
+        r = run_cli(
+            "ablate",
+            "--selection",
+            tmp_path / "sel.h5",
+            "--task",
+            "next-token",
+            "--task-data",
+            task,
+            "--batch-size",
+            1,
+            "--out",
+            tmp_path / f"{name}.json",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            *extra,
+            cwd=tmp_path,
+            extra_env={"OMP_NUM_THREADS": "1"},
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         docs[name] = json.loads((tmp_path / f"{name}.json").read_text())
     one, two = docs["one"], docs["two"]

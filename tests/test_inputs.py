@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import datasets
 import pytest
-
 from conftest import make_texts, write_jsonl
+
 from localizer.cli import main
 from localizer.errors import LocalizerError
 from localizer.recording.stimuli import load_stimuli
@@ -23,6 +22,7 @@ def cli_error(capsys, *args) -> str:
 
 
 # --- loading stimuli ---------------------------------------------------------------------------------------------
+
 
 def test_file_formats_and_disk_dataset_agree(tmp_path):
     rows = make_texts(11)
@@ -61,14 +61,19 @@ def test_image_folder(image_folder):
 
 def test_datasetdict_splits_become_a_split_column(tmp_path):
     rows = make_texts(8)
-    dd = datasets.DatasetDict({"localize": datasets.Dataset.from_list(rows[:6]).remove_columns("split"),
-                               "validation": datasets.Dataset.from_list(rows[6:]).remove_columns("split")})
+    dd = datasets.DatasetDict(
+        {
+            "localize": datasets.Dataset.from_list(rows[:6]).remove_columns("split"),
+            "validation": datasets.Dataset.from_list(rows[6:]).remove_columns("split"),
+        }
+    )
     dd.save_to_disk(str(tmp_path / "dd"))
     ds = load_stimuli(tmp_path / "dd")
     assert ds["split"] == ["localize"] * 6 + ["validation"] * 2
 
 
 # --- errors (the catalogue of bad input is tests/test_catalogue.py) --------------------------------------------
+
 
 def test_python_api_raises_localizer_error(gpt2_dir, tmp_path):
     stimuli = write_jsonl(tmp_path / "s.jsonl", [{"text": "a", "positive": True}, {"text": "b", "positive": False}])

@@ -28,8 +28,9 @@ def test_auto_and_globs_on_gpt2():
 def test_auto_on_bert_and_sequential():
     from transformers import BertConfig, BertModel
 
-    bert = BertModel(BertConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32,
-                                vocab_size=50))
+    bert = BertModel(
+        BertConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    )
     assert auto_layers(bert) == ["encoder.layer.0", "encoder.layer.1"]
     stack = nn.Module()
     stack.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(4)])

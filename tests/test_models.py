@@ -35,8 +35,11 @@ def test_gguf_model_is_converted_once_and_cached(tmp_path, monkeypatch, gpt2_dir
         return real_model(gpt2_dir, **kw)
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model_from_gguf)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
-                        lambda path, gguf_file=None, **kw: real_tok(gpt2_dir if gguf_file else path, **kw))
+    monkeypatch.setattr(
+        transformers.AutoTokenizer,
+        "from_pretrained",
+        lambda path, gguf_file=None, **kw: real_tok(gpt2_dir if gguf_file else path, **kw),
+    )
     monkeypatch.setenv("LOCALIZER_CACHE", str(tmp_path / "cache"))
     first = load_model("gemma-3-270m", "text")
     second = load_model("gemma-3-270m", "text")

@@ -48,8 +48,9 @@ def test_gpt2_last_and_mean_match_hidden_states(gpt2_dir, text_file, tmp_path):
     ref_last, ref_mean, model = text_reference(gpt2_dir, texts)
     layers = "transformer.h.*,transformer.ln_f"
     for pooling, ref in (("last", ref_last), ("mean", ref_mean)):
-        out = extract(gpt2_dir, text_file, tmp_path / f"{pooling}.h5", layers=layers, pooling=pooling,
-                      batch_size=8, trainer=CPU)
+        out = extract(
+            gpt2_dir, text_file, tmp_path / f"{pooling}.h5", layers=layers, pooling=pooling, batch_size=8, trainer=CPU
+        )
         data, attrs = read(out)
         assert json.loads(attrs["layers"]) == ["transformer.h.0", "transformer.h.1", "transformer.ln_f"]
         assert attrs["pooling"] == pooling and attrs["model_class"] == "GPT2LMHeadModel"
@@ -69,8 +70,15 @@ def test_gpt2_last_and_mean_match_hidden_states(gpt2_dir, text_file, tmp_path):
 def test_batch_size_and_padding_side_do_not_change_contents(gpt2_dir, text_file, tmp_path, pooling):
     runs = {}
     for batch_size, side in ((1, "right"), (8, "right"), (8, "left")):
-        out = extract(gpt2_dir, text_file, tmp_path / f"b{batch_size}{side}.h5", pooling=pooling,
-                      batch_size=batch_size, padding_side=side, trainer=CPU)
+        out = extract(
+            gpt2_dir,
+            text_file,
+            tmp_path / f"b{batch_size}{side}.h5",
+            pooling=pooling,
+            batch_size=batch_size,
+            padding_side=side,
+            trainer=CPU,
+        )
         runs[(batch_size, side)] = read(out)[0]
     base = runs[(1, "right")]
     assert sorted(base) == sorted(runs[(8, "left")])
@@ -93,8 +101,16 @@ def test_bert_left_padding_matches_unpadded(bert_dir, text_file, tmp_path):
     model = BertModel.from_pretrained(bert_dir).eval()
     with torch.no_grad():
         ref = np.stack([model(**tok(t, return_tensors="pt")).last_hidden_state[0].mean(0).numpy() for t in texts])
-    out = extract(bert_dir, text_file, tmp_path / "bert.h5", layers="auto", pooling="mean", batch_size=8,
-                  padding_side="left", trainer=CPU)
+    out = extract(
+        bert_dir,
+        text_file,
+        tmp_path / "bert.h5",
+        layers="auto",
+        pooling="mean",
+        batch_size=8,
+        padding_side="left",
+        trainer=CPU,
+    )
     data, attrs = read(out)
     assert json.loads(attrs["layers"]) == ["encoder.layer.0", "encoder.layer.1"]
     np.testing.assert_allclose(data["activations/encoder.layer.1"], ref, atol=1e-5, rtol=0)
@@ -120,10 +136,16 @@ def image_reference(model_dir, image_folder):
 
 def test_resnet_channel_and_flat_match_hidden_states(resnet_dir, image_folder, tmp_path):
     ref, ds = image_reference(resnet_dir, image_folder)
-    blocks = ["resnet.encoder.stages.0.layers.0", "resnet.encoder.stages.1.layers.0", "resnet.encoder.stages.1.layers.1"]
+    blocks = [
+        "resnet.encoder.stages.0.layers.0",
+        "resnet.encoder.stages.1.layers.0",
+        "resnet.encoder.stages.1.layers.1",
+    ]
     for pooling in ("channel", "flat"):
-        files = [extract(resnet_dir, image_folder, tmp_path / f"{pooling}{b}.h5", pooling=pooling, batch_size=b,
-                         trainer=CPU) for b in (1, 8)]
+        files = [
+            extract(resnet_dir, image_folder, tmp_path / f"{pooling}{b}.h5", pooling=pooling, batch_size=b, trainer=CPU)
+            for b in (1, 8)
+        ]
         data, attrs = read(files[0])
         assert json.loads(attrs["layers"]) == blocks  # auto: residual blocks, looking through the stage wrappers
         assert attrs["model_class"] == "ResNetForImageClassification"
@@ -149,7 +171,8 @@ def test_plain_module_with_transform(tmp_path, image_folder):
         "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.ReLU())\n"
         "def to_tensor(im):\n"
         "    im = im.convert('L').resize((16, 16))\n"
-        "    return torch.tensor(list(im.getdata()), dtype=torch.float32).reshape(1, 16, 16) / 255\n")
+        "    return torch.tensor(list(im.getdata()), dtype=torch.float32).reshape(1, 16, 16) / 255\n"
+    )
     import sys
 
     sys.path.insert(0, str(tmp_path))
@@ -158,8 +181,15 @@ def test_plain_module_with_transform(tmp_path, image_folder):
 
         from localizer.recording.stimuli import load_stimuli
 
-        out = extract("userpkg.nets:tiny", image_folder, tmp_path / "plain.h5", layers="1,3", batch_size=5,
-                      transform="userpkg.nets:to_tensor", trainer=CPU)
+        out = extract(
+            "userpkg.nets:tiny",
+            image_folder,
+            tmp_path / "plain.h5",
+            layers="1,3",
+            batch_size=5,
+            transform="userpkg.nets:to_tensor",
+            trainer=CPU,
+        )
         data, attrs = read(out)
         net = nets.tiny().eval()
         x = torch.stack([nets.to_tensor(im) for im in load_stimuli(image_folder)["image"]])

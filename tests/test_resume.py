@@ -19,7 +19,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from conftest import make_texts, write_jsonl
 
 N = 30
@@ -27,9 +26,29 @@ ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def command(gpt2_dir, stimuli, out, *extra):
-    return [sys.executable, "-m", "localizer", "extract", "--model", str(gpt2_dir), "--stimuli", str(stimuli),
-            "--out", str(out), "--batch-size", "1", "--pooling", "mean", "--segment_mb", "0.0005",
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", *map(str, extra)]
+    return [
+        sys.executable,
+        "-m",
+        "localizer",
+        "extract",
+        "--model",
+        str(gpt2_dir),
+        "--stimuli",
+        str(stimuli),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--pooling",
+        "mean",
+        "--segment_mb",
+        "0.0005",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        *map(str, extra),
+    ]
 
 
 def run(cmd, failpoint=None):
@@ -127,8 +146,9 @@ def test_killed_from_outside_while_running_and_resumed_by_two_processes(setup, t
     gpt2_dir, stimuli, ref = setup
     out = tmp_path / "c.h5"
     cmd = command(gpt2_dir, stimuli, out)
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV},
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV}, start_new_session=True
+    )
     folder = tmp_path / "c.h5.shards"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(folder.glob("part-*.h5"))) < 3 and proc.poll() is None:
@@ -199,8 +219,11 @@ def test_a_second_run_into_a_busy_folder_is_refused(setup, tmp_path):
     fcntl.flock(fd, fcntl.LOCK_SH)  # as a still-running process of another extraction holds it
     refused = run(command(gpt2_dir, stimuli, out))
     assert refused.returncode == 2
-    assert refused.stderr.strip().splitlines()[-1].startswith(
-        f"localizer extract: error: another extraction is still writing into {tmp_path / 'f.h5.shards'}")
+    assert (
+        refused.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"localizer extract: error: another extraction is still writing into {tmp_path / 'f.h5.shards'}")
+    )
     assert not out.exists()
     os.close(fd)
     done = run(command(gpt2_dir, stimuli, out))
@@ -236,8 +259,15 @@ def test_an_unreadable_segment_is_named_and_the_folder_is_not_left_locked(setup,
     damaged.write_bytes(b"not hdf5")
     for _ in range(2):  # the same error twice in one process: the first attempt released its lock
         with pytest.raises(LocalizerError, match=f"segment {damaged} is unreadable"):
-            extract(gpt2_dir, stimuli, out, batch_size=1, pooling="mean", segment_mb=0.0005,
-                    trainer={"accelerator": "cpu", "enable_progress_bar": False})
+            extract(
+                gpt2_dir,
+                stimuli,
+                out,
+                batch_size=1,
+                pooling="mean",
+                segment_mb=0.0005,
+                trainer={"accelerator": "cpu", "enable_progress_bar": False},
+            )
     assert not out.exists()
 
 

@@ -33,15 +33,39 @@ ablate:
     - task: agreement
       data: null
 """)
-    code = main(["run", "--config", "cfg.yaml", "--select.top", "10%", "--untrained", "true", "--seed", "7",
-                 "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false"])
+    code = main(
+        [
+            "run",
+            "--config",
+            "cfg.yaml",
+            "--select.top",
+            "10%",
+            "--untrained",
+            "true",
+            "--seed",
+            "7",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     out = tmp_path / "out"
     for folder in (out, out / "untrained"):
-        for name in ("activations.h5", "selection.h5", "results_next-token.json", "results_agreement.json",
-                     "summary.txt", "exemplars.md", "selectivity_fraction_selected.png",
-                     "ablation_next-token_cross_entropy_deltas.png"):
+        for name in (
+            "activations.h5",
+            "selection.h5",
+            "results_next-token.json",
+            "results_agreement.json",
+            "summary.txt",
+            "exemplars.md",
+            "selectivity_fraction_selected.png",
+            "ablation_next-token_cross_entropy_deltas.png",
+        ):
             assert (folder / name).exists(), folder / name
     with h5py.File(out / "selection.h5") as f:
         assert f.attrs["n_selected"] == int(0.10 * 64)  # the command line overrides the YAML's 50%
@@ -71,8 +95,7 @@ def test_print_config_and_shipped_configs(capsys):
     assert main(["run", "--config", "language", "--no_such_key", "1"]) == 2
 
 
-def test_run_continues_a_killed_extraction_and_restarts_a_foreign_one(gpt2_dir, text_file, tmp_path, capsys,
-                                                                      caplog):
+def test_run_continues_a_killed_extraction_and_restarts_a_foreign_one(gpt2_dir, text_file, tmp_path, capsys, caplog):
     from localizer import extract
     from localizer.run import _extract_or_resume
 

@@ -26,8 +26,17 @@ def write_activation_file(path, layers: dict[str, np.ndarray], positive, split=N
         f["index"] = np.arange(n, dtype=np.int64)
         if split is not None:
             f.create_dataset("split", data=np.asarray(split, dtype=object), dtype=h5py.string_dtype())
-        f.attrs.update({"format_version": 1, "model": "synthetic", "model_class": "none", "pooling": "last",
-                        "layers": json.dumps(list(layers)), "n_stimuli": n, "created": "now"})
+        f.attrs.update(
+            {
+                "format_version": 1,
+                "model": "synthetic",
+                "model_class": "none",
+                "pooling": "last",
+                "layers": json.dumps(list(layers)),
+                "n_stimuli": n,
+                "created": "now",
+            }
+        )
     return path
 
 
@@ -46,7 +55,7 @@ def synthetic(seed=0, n_pos=41, n_ctl=36, units=(50, 70, 30), offset=1e4, plante
     bounds = np.cumsum(units)
     for b in bounds:
         x[:, b - 1] = offset  # zero variance in both classes
-    layers = {f"block.{i}": x[:, b - u:b] for i, (u, b) in enumerate(zip(units, bounds))}
+    layers = {f"block.{i}": x[:, b - u : b] for i, (u, b) in enumerate(zip(units, bounds))}
     return layers, positive
 
 
@@ -69,15 +78,20 @@ def test_t_p_q_match_scipy_with_large_offset(tmp_path, alternative):
     assert rel(result.stats["q"], stats.false_discovery_control(p_all.ravel())) < 1e-6
     assert np.all(result.stats["t"][~valid] == 0) and np.all(p_all[~valid] == 1)
     sel = read_selection_file(tmp_path / "s.h5")
-    for i, name in enumerate(layers):
+    for _i, name in enumerate(layers):
         xs = layers[name].astype(np.float32).astype(np.float64)
         s = sel["stats"][name]
         np.testing.assert_allclose(s["mean_positive"], xs[positive].mean(0), rtol=1e-12)
         np.testing.assert_allclose(s["var_control"], xs[~positive].var(0, ddof=1), rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(s["mean_all"], xs.mean(0), rtol=1e-12)
         np.testing.assert_allclose(s["mean_abs_all"], np.abs(xs).mean(0), rtol=1e-12)
-        pooled = np.sqrt(((positive.sum() - 1) * xs[positive].var(0, ddof=1) + ((~positive).sum() - 1) *
-                          xs[~positive].var(0, ddof=1)) / (len(xs) - 2))
+        pooled = np.sqrt(
+            (
+                (positive.sum() - 1) * xs[positive].var(0, ddof=1)
+                + ((~positive).sum() - 1) * xs[~positive].var(0, ddof=1)
+            )
+            / (len(xs) - 2)
+        )
         d = (xs[positive].mean(0) - xs[~positive].mean(0))[:-1] / pooled[:-1]
         np.testing.assert_allclose(s["d"][:-1], d, rtol=1e-6)
     assert sel["attrs"]["n_positive"] == positive.sum() and sel["attrs"]["n_control"] == (~positive).sum()
@@ -87,16 +101,34 @@ def test_abs_top1_is_the_alkhamissi_rule(tmp_path):
     rng = np.random.default_rng(3)
     n = 60
     positive = np.arange(n) % 3 == 0
-    layers = {f"h.{i}": rng.normal(size=(n, 400)) * rng.uniform(0.1, 3, 400) + rng.normal(size=400)
-              for i in range(3)}
+    layers = {f"h.{i}": rng.normal(size=(n, 400)) * rng.uniform(0.1, 3, 400) + rng.normal(size=400) for i in range(3)}
     f = write_activation_file(tmp_path / "a.h5", layers, positive)
-    code = main(["select", "--activations", str(f), "--out", str(tmp_path / "s.h5"), "--abs", "--top", "1%",
-                 "--controls", "0", "--log-dir", str(tmp_path / "tb")])
+    code = main(
+        [
+            "select",
+            "--activations",
+            str(f),
+            "--out",
+            str(tmp_path / "s.h5"),
+            "--abs",
+            "--top",
+            "1%",
+            "--controls",
+            "0",
+            "--log-dir",
+            str(tmp_path / "tb"),
+        ]
+    )
     assert code == 0
     # the rule, independently: Welch t of |x| per layer, global top floor(1% of all units) by t
-    t = np.concatenate([stats.ttest_ind(np.abs(x.astype(np.float32))[positive],
-                                        np.abs(x.astype(np.float32))[~positive], equal_var=False).statistic
-                        for x in layers.values()])
+    t = np.concatenate(
+        [
+            stats.ttest_ind(
+                np.abs(x.astype(np.float32))[positive], np.abs(x.astype(np.float32))[~positive], equal_var=False
+            ).statistic
+            for x in layers.values()
+        ]
+    )
     k = int(0.01 * t.size)
     want = np.zeros(t.size, dtype=bool)
     want[np.argsort(-t)[:k]] = True
@@ -122,8 +154,9 @@ def test_planted_units_and_controls(tmp_path):
             flat = np.concatenate([c[name] for name in layers])
             assert flat.sum() == len(planted) and not (flat & r.mask).any() and not (flat & ~r.valid).any()
             if kind == "layer_matched":
-                np.testing.assert_array_equal(np.bincount(layer[flat], minlength=3),
-                                              np.bincount(layer[r.mask], minlength=3))
+                np.testing.assert_array_equal(
+                    np.bincount(layer[flat], minlength=3), np.bincount(layer[r.mask], minlength=3)
+                )
     assert not r.valid[[59, 139, 199]].any()  # constant units
 
 
@@ -145,8 +178,7 @@ def test_magnitude_matched_controls_match_magnitudes(tmp_path):
 
     def matched(c):
         m_ctl = np.sort(mag[c])
-        return (np.median(np.abs(np.log(m_ctl / m_sel))) < np.log(1.25)
-                and stats.ks_2samp(m_ctl, m_sel).statistic < 0.3)
+        return np.median(np.abs(np.log(m_ctl / m_sel))) < np.log(1.25) and stats.ks_2samp(m_ctl, m_sel).statistic < 0.3
 
     assert all(matched(c) for c in r.controls["magnitude_matched"])
     assert not any(matched(c) for c in r.controls["global"])
@@ -188,8 +220,7 @@ def test_validation_split_and_split_half(tmp_path):
     n = len(positive)
     split = np.where(np.arange(n) % 4 == 3, "validation", "localize")
     f = write_activation_file(tmp_path / "a.h5", layers, positive, split)
-    r = select_file(f, tmp_path / "s.h5", SelectionOptions(count=15, controls=0, split_half=True, seed=3),
-                         log_dir=None)
+    r = select_file(f, tmp_path / "s.h5", SelectionOptions(count=15, controls=0, split_half=True, seed=3), log_dir=None)
     x = np.concatenate([v.astype(np.float32).astype(np.float64) for v in layers.values()], axis=1)
     loc, val = split == "localize", split == "validation"
     valid = r.valid
@@ -203,8 +234,9 @@ def test_validation_split_and_split_half(tmp_path):
     for h in (0, 1):
         rows = loc & (half == h)
         t = np.zeros(x.shape[1])
-        t[valid] = stats.ttest_ind(x[rows & positive][:, valid], x[rows & ~positive][:, valid],
-                                   equal_var=False).statistic
+        t[valid] = stats.ttest_ind(
+            x[rows & positive][:, valid], x[rows & ~positive][:, valid], equal_var=False
+        ).statistic
         m = np.zeros(x.shape[1], dtype=bool)
         m[np.argsort(-t, kind="stable")[:15]] = True
         masks.append(m)

@@ -30,11 +30,14 @@ def segment(out, rank, seq=0):
     return segment_dir(out) / f"part-0000-{rank:05d}-{seq:06d}.h5"
 
 
-@pytest.mark.parametrize("parts", [
-    [np.arange(0, 23, 2), np.arange(1, 23, 2)],          # DDP's r::W order
-    [np.array([5, 0, 3, 9, 1]), np.array([2, 8, 4, 7, 6])],  # arbitrary order
-    [np.arange(10), np.array([], dtype=np.int64)],     # an idle rank
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        [np.arange(0, 23, 2), np.arange(1, 23, 2)],  # DDP's r::W order
+        [np.array([5, 0, 3, 9, 1]), np.array([2, 8, 4, 7, 6])],  # arbitrary order
+        [np.arange(10), np.array([], dtype=np.int64)],  # an idle rank
+    ],
+)
 def test_master_rows_follow_dataset_indices(tmp_path, parts):
     out = tmp_path / "m.h5"
     table = write_shards(out, parts)
@@ -52,11 +55,14 @@ def test_master_rows_follow_dataset_indices(tmp_path, parts):
     assert not (tmp_path / "m.h5.tmp").exists()
 
 
-@pytest.mark.parametrize("parts,expected", [
-    ([np.arange(0, 10, 2), np.array([1, 3, 5, 7])], "1 missing (e.g. [9])"),
-    ([np.arange(0, 10, 2), np.array([1, 3, 5, 7, 9, 4])], "1 duplicated (e.g. [4])"),
-    ([np.arange(0, 10, 2), np.array([1, 3, 5, 7, 11])], "1 out of range"),
-])
+@pytest.mark.parametrize(
+    "parts,expected",
+    [
+        ([np.arange(0, 10, 2), np.array([1, 3, 5, 7])], "1 missing (e.g. [9])"),
+        ([np.arange(0, 10, 2), np.array([1, 3, 5, 7, 9, 4])], "1 duplicated (e.g. [4])"),
+        ([np.arange(0, 10, 2), np.array([1, 3, 5, 7, 11])], "1 out of range"),
+    ],
+)
 def test_master_refused_unless_exact_cover(tmp_path, parts, expected):
     out = tmp_path / "m.h5"
     write_shards(out, parts)
@@ -86,7 +92,7 @@ def test_runs_cover_every_row_once():
     for idx in (np.arange(3, 40, 4), rng.permutation(30), np.array([0, 2, 4, 5, 6, 10, 11, 3]), np.array([7])):
         rows = []
         for row0, i0, count, stride in strided_runs(idx):
-            np.testing.assert_array_equal(idx[row0:row0 + count], i0 + stride * np.arange(count))
+            np.testing.assert_array_equal(idx[row0 : row0 + count], i0 + stride * np.arange(count))
             rows += range(row0, row0 + count)
         assert rows == list(range(len(idx)))
     assert len(strided_runs(np.arange(1, 1000, 2))) == 1
@@ -144,10 +150,28 @@ def test_more_segments_than_the_open_file_limit(tmp_path, hard_too):
         assert len(f["activations/a"].virtual_sources()) == 70
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     limits = (50, 50 if hard_too else hard)
-    r = subprocess.run([sys.executable, "-m", "localizer", "select", "--activations", str(out), "--out",
-                        str(tmp_path / "s.h5"), "--count", "1", "--controls", "0", "--log_dir", str(tmp_path / "tb")],
-                       capture_output=True, text=True, timeout=300,
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "localizer",
+            "select",
+            "--activations",
+            str(out),
+            "--out",
+            str(tmp_path / "s.h5"),
+            "--count",
+            "1",
+            "--controls",
+            "0",
+            "--log_dir",
+            str(tmp_path / "tb"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, limits),
+    )
     if hard_too:
         assert r.returncode == 2
         assert "reads from 70 segment files, but this process may open at most 50 files" in r.stderr

@@ -13,11 +13,25 @@ from localizer.trainer import trainer_kwargs
 Task = Literal["classification", "next-token", "minimal-pairs", "agreement"]
 
 
-def ablate(selection: str, task: Task, *, model: Optional[str] = None, task_data: Optional[str] = None,
-           method: str = "zero", controls: str = "all", n_controls: Optional[int] = None, sweep: Optional[str] = None,
-           out: Optional[str] = None, overwrite: bool = False, batch_size: int = 16, max_length: Optional[int] = None,
-           num_workers: int = 0, log_dir: str = "lightning_logs", trust_remote_code: bool = False,
-           trainer: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def ablate(
+    selection: str,
+    task: Task,
+    *,
+    model: Optional[str] = None,
+    task_data: Optional[str] = None,
+    method: str = "zero",
+    controls: str = "all",
+    n_controls: Optional[int] = None,
+    sweep: Optional[str] = None,
+    out: Optional[str] = None,
+    overwrite: bool = False,
+    batch_size: int = 16,
+    max_length: Optional[int] = None,
+    num_workers: int = 0,
+    log_dir: str = "lightning_logs",
+    trust_remote_code: bool = False,
+    trainer: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """Rerun a task with the selected units silenced and report metric deltas against random control sets.
 
     Args:
@@ -46,19 +60,45 @@ def ablate(selection: str, task: Task, *, model: Optional[str] = None, task_data
         from localizer.files.outputs import check_output
 
         check_output(Path(out), overwrite)
-    return run_ablation(selection, task, model=model, task_data=task_data, method=method, controls=controls,
-                        n_controls=n_controls, sweep=sweep, out=out, batch_size=batch_size, max_length=max_length,
-                        num_workers=num_workers, log_dir=log_dir, trust_remote_code=trust_remote_code,
-                        trainer=trainer)
+    return run_ablation(
+        selection,
+        task,
+        model=model,
+        task_data=task_data,
+        method=method,
+        controls=controls,
+        n_controls=n_controls,
+        sweep=sweep,
+        out=out,
+        batch_size=batch_size,
+        max_length=max_length,
+        num_workers=num_workers,
+        log_dir=log_dir,
+        trust_remote_code=trust_remote_code,
+        trainer=trainer,
+    )
 
 
-def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None = None,
-                 task_data: str | os.PathLike | Any | None = None, method: str = "zero",
-                 controls: str | list[str] = "all", n_controls: int | None = None, sweep: list[str] | str | None = None,
-                 out: str | os.PathLike | None = None, batch_size: int = 16, max_length: int | None = None,
-                 num_workers: int = 0, log_dir: str | os.PathLike | None = "lightning_logs",
-                 trust_remote_code: bool = False, trainer: dict[str, Any] | None = None,
-                 loaded: Any = None, png_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_ablation(
+    selection: str | os.PathLike,
+    task: str,
+    *,
+    model: str | None = None,
+    task_data: str | os.PathLike | Any | None = None,
+    method: str = "zero",
+    controls: str | list[str] = "all",
+    n_controls: int | None = None,
+    sweep: list[str] | str | None = None,
+    out: str | os.PathLike | None = None,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    num_workers: int = 0,
+    log_dir: str | os.PathLike | None = "lightning_logs",
+    trust_remote_code: bool = False,
+    trainer: dict[str, Any] | None = None,
+    loaded: Any = None,
+    png_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """:func:`ablate` for Python callers that hold the pieces (``out`` is replaced if it exists).
 
     Besides :func:`ablate`'s parameters: ``task_data`` may be a ``datasets.Dataset``; ``loaded`` an already loaded
@@ -78,8 +118,11 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
         raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     sel = Selection.read(selection)
     attrs = sel.attrs
-    kinds = list(CONTROL_KINDS) if controls in ("all", ["all"]) else \
-        ([k.strip() for k in controls.split(",")] if isinstance(controls, str) else list(controls))
+    kinds = (
+        list(CONTROL_KINDS)
+        if controls in ("all", ["all"])
+        else ([k.strip() for k in controls.split(",")] if isinstance(controls, str) else list(controls))
+    )
     kinds = [k for k in kinds if k]
     bad = [k for k in kinds if k not in CONTROL_KINDS]
     if bad:
@@ -108,6 +151,7 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
     if runner.world_size > len(data):
         raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
     runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
+    assert module.results is not None  # set by on_validation_epoch_end on every rank
     doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
     if runner.is_global_zero:
         if out is not None:
@@ -122,24 +166,37 @@ def run_ablation(selection: str | os.PathLike, task: str, *, model: str | None =
         if runner.logger is not None:
             from localizer.report import log_ablation
 
-            log_ablation(runner.logger, doc, module.results, conditions,
-                         {"task": task, "method": method, "n_selected": int(attrs["n_selected"]),
-                          "model": str(attrs.get("model", "")), "selection": str(selection),
-                          "controls": ",".join(kinds), "n_controls": n_controls or 0}, png_dir=png_dir)
+            log_ablation(
+                runner.logger,
+                doc,
+                module.results,
+                conditions,
+                {
+                    "task": task,
+                    "method": method,
+                    "n_selected": int(attrs["n_selected"]),
+                    "model": str(attrs.get("model", "")),
+                    "selection": str(selection),
+                    "controls": ",".join(kinds),
+                    "n_controls": n_controls or 0,
+                },
+                png_dir=png_dir,
+            )
     return doc
 
 
 def _task_data(task_data, attrs, task):
     """The given task data, or the validation rows of the stimuli recorded in the selection file."""
-    from localizer.recording.stimuli import load_stimuli
     from localizer.ablation.tasks import load_task_data, validate_task_data
+    from localizer.recording.stimuli import load_stimuli
 
     if task_data is not None:
         return load_task_data(task_data, task)
     source = str(attrs.get("stimuli", ""))
     if not source:
-        raise LocalizerError(f"the selection file records no stimuli to take validation rows from; pass "
-                             f"{opt('task_data')}")
+        raise LocalizerError(
+            f"the selection file records no stimuli to take validation rows from; pass {opt('task_data')}"
+        )
     stimuli = load_stimuli(source, str(attrs["control"]) if attrs.get("control") else None)
     if "split" not in stimuli.column_names or "validation" not in set(stimuli["split"]):
         raise LocalizerError(f"stimuli {source} have no validation rows; pass {opt('task_data')}")

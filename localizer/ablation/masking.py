@@ -14,7 +14,7 @@ units, and for masked ones ``zero`` → 0/0, ``mean`` → 0/mean (the unit's sig
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -36,8 +36,9 @@ def parse_method(method: str) -> tuple[str, float]:
     raise LocalizerError(f"ablation method must be zero, mean or scale=F, got {method!r}")
 
 
-def unit_edits(masks: dict[str, np.ndarray], method: str, means: dict[str, np.ndarray] | None = None
-               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def unit_edits(
+    masks: dict[str, np.ndarray], method: str, means: dict[str, np.ndarray] | None = None
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per layer with any masked unit: ``(keep [U], fill [U])`` float32 tensors (see the module docstring).
 
     Args:
@@ -65,17 +66,23 @@ def _shape_for(output: torch.Tensor, pooling: str, units: int, layer: str) -> tu
     """The shape that broadcasts per-unit vectors against ``output``."""
     if pooling in ("last", "mean"):
         if output.dim() < 2 or output.shape[-1] != units:
-            raise LocalizerError(f"layer {layer!r}: the selection has {units} units but the model's output has shape "
-                                 f"{tuple(output.shape)}; was the selection made on another model?")
+            raise LocalizerError(
+                f"layer {layer!r}: the selection has {units} units but the model's output has shape "
+                f"{tuple(output.shape)}; was the selection made on another model?"
+            )
         return (units,)
     if pooling == "channel":
         if output.dim() != 4 or output.shape[1] != units:
-            raise LocalizerError(f"layer {layer!r}: the selection has {units} channels but the model's output has "
-                                 f"shape {tuple(output.shape)}; was the selection made on another model?")
+            raise LocalizerError(
+                f"layer {layer!r}: the selection has {units} channels but the model's output has "
+                f"shape {tuple(output.shape)}; was the selection made on another model?"
+            )
         return (units, 1, 1)
     if int(np.prod(output.shape[1:])) != units:
-        raise LocalizerError(f"layer {layer!r}: the selection has {units} units but the model's output has "
-                             f"{int(np.prod(output.shape[1:]))} elements per stimulus")
+        raise LocalizerError(
+            f"layer {layer!r}: the selection has {units} units but the model's output has "
+            f"{int(np.prod(output.shape[1:]))} elements per stimulus"
+        )
     return tuple(output.shape[1:])
 
 
@@ -95,8 +102,9 @@ def silence(model: nn.Module, edits: dict[str, tuple[torch.Tensor, torch.Tensor]
         except AttributeError:
             missing.append(layer)
     if missing:
-        raise LocalizerError(f"layers {missing} of the selection are not modules of this model; was the selection "
-                             f"made on another model?")
+        raise LocalizerError(
+            f"layers {missing} of the selection are not modules of this model; was the selection made on another model?"
+        )
     cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def edit(layer: str, output: torch.Tensor) -> torch.Tensor:
@@ -104,8 +112,10 @@ def silence(model: nn.Module, edits: dict[str, tuple[torch.Tensor, torch.Tensor]
         key = (layer, output.device, output.dtype, tuple(output.shape[1:]))
         if key not in cache:
             shape = _shape_for(output, pooling, keep.numel(), layer)
-            cache[key] = (keep.to(output.device, output.dtype).reshape(shape),
-                          fill.to(output.device, output.dtype).reshape(shape))
+            cache[key] = (
+                keep.to(output.device, output.dtype).reshape(shape),
+                fill.to(output.device, output.dtype).reshape(shape),
+            )
         k, f = cache[key]
         return output * k + f
 

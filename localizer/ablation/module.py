@@ -9,9 +9,7 @@ and under DDP the data are split with an unrepeated sampler, so every sample cou
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -62,7 +60,7 @@ class AblationModule(L.LightningModule):
             raise ValueError("the first condition must be the baseline (no edits)")
         self.model, self.task, self.conditions, self.pooling = model.eval(), task, conditions, pooling
         self.call_model = ModelCaller(model, modality)
-        self.states = nn.ModuleList([SumStates(task.sums()) for _ in conditions])
+        self.states: list[SumStates] = nn.ModuleList([SumStates(task.sums()) for _ in conditions])  # type: ignore[assignment]
         self.results: dict[str, dict[str, float]] | None = None
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -95,16 +93,25 @@ class AblationDataModule(L.LightningDataModule):
         rows = IndexedRows(self.data, self.task.columns)
         sampler = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = UnrepeatedDistributedSampler(rows, num_replicas=torch.distributed.get_world_size(),
-                                                   rank=torch.distributed.get_rank(), shuffle=False)
-        return DataLoader(rows, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-                          collate_fn=self.task.collate, num_workers=self.num_workers)
+            sampler = UnrepeatedDistributedSampler(
+                rows, num_replicas=torch.distributed.get_world_size(), rank=torch.distributed.get_rank(), shuffle=False
+            )
+        return DataLoader(
+            rows,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self.task.collate,
+            num_workers=self.num_workers,
+        )
 
 
 # --- conditions --------------------------------------------------------------------------------------------------
 
-def build_conditions(selection: Selection, method: str, kinds: list[str], n_controls: int | None,
-                     sweep: list[str] | None = None) -> list[Condition]:
+
+def build_conditions(
+    selection: Selection, method: str, kinds: list[str], n_controls: int | None, sweep: list[str] | None = None
+) -> list[Condition]:
     """Conditions from a :class:`Selection`.
 
     Args:
@@ -124,22 +131,26 @@ def build_conditions(selection: Selection, method: str, kinds: list[str], n_cont
     for kind in kinds:
         stored = selection.controls.get(kind, [])
         if not stored:
-            raise LocalizerError(f"the selection file has no {kind} controls; rerun localizer select with "
-                                 f"{opt('controls', 'N')}")
+            raise LocalizerError(
+                f"the selection file has no {kind} controls; rerun localizer select with {opt('controls', 'N')}"
+            )
         if n_controls is not None and n_controls > len(stored):
-            raise LocalizerError(f"{opt('n_controls', n_controls)} but the selection file stores {len(stored)} "
-                                 f"{kind} sets")
+            raise LocalizerError(
+                f"{opt('n_controls', n_controls)} but the selection file stores {len(stored)} {kind} sets"
+            )
         use = stored if n_controls is None else stored[:n_controls]
         conditions += [Condition(f"{kind}_{i}", kind, edits(c)) for i, c in enumerate(use)]
     if sweep:
-        per_kind = n_controls if n_controls is not None else \
-            min(len(selection.controls[k]) for k in kinds) if kinds else 0
+        per_kind = (
+            n_controls if n_controls is not None else min(len(selection.controls[k]) for k in kinds) if kinds else 0
+        )
         conditions += sweep_conditions(selection, sweep, method, kinds, per_kind)
     return conditions
 
 
-def sweep_conditions(selection: Selection, percents: list[str], method: str, kinds: list[str],
-                     n_controls: int) -> list[Condition]:
+def sweep_conditions(
+    selection: Selection, percents: list[str], method: str, kinds: list[str], n_controls: int
+) -> list[Condition]:
     """For each top-% value: the re-selected global top k% and ``n_controls`` controls of each kind."""
     layout, stats = selection.layout, selection.stats
     means = selection.per_layer(stats["mean_all"])
@@ -148,11 +159,12 @@ def sweep_conditions(selection: Selection, percents: list[str], method: str, kin
     for pct in percents:
         opts = SelectionOptions(top=pct, alternative=stored.get("alternative", "greater"), seed=stored.get("seed", 0))
         mask = select_units(stats["t"], stats["q"], selection.valid, layout, opts)
-        controls = draw_controls(mask, selection.valid, layout, stats["mean_abs_all"], n_controls, opts.seed + 1,
-                                 kinds)
+        controls = draw_controls(mask, selection.valid, layout, stats["mean_abs_all"], n_controls, opts.seed + 1, kinds)
         tag = f"sweep{opts.top}"
         out.append(Condition(f"{tag}_localized", "localized", unit_edits(layout.split(mask), method, means), opts.top))
         for kind in kinds:
-            out += [Condition(f"{tag}_{kind}_{i}", kind, unit_edits(layout.split(c), method, means), opts.top)
-                    for i, c in enumerate(controls[kind])]
+            out += [
+                Condition(f"{tag}_{kind}_{i}", kind, unit_edits(layout.split(c), method, means), opts.top)
+                for i, c in enumerate(controls[kind])
+            ]
     return out

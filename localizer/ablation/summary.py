@@ -10,8 +10,8 @@ import numpy as np
 
 from localizer.ablation.module import Condition
 
-
 # --- statistics --------------------------------------------------------------------------------------------------
+
 
 def _finite(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
@@ -29,8 +29,9 @@ def control_statistics(delta_localized: float, deltas: list[float]) -> tuple[flo
     return _finite(z), p
 
 
-def summarize(results: dict[str, dict[str, float]], conditions: list[Condition], task: str, method: str,
-              n_selected: int) -> dict[str, Any]:
+def summarize(
+    results: dict[str, dict[str, float]], conditions: list[Condition], task: str, method: str, n_selected: int
+) -> dict[str, Any]:
     """The results document; non-finite numbers become null."""
     base = results["baseline"]
     metrics = list(base)
@@ -40,14 +41,20 @@ def summarize(results: dict[str, dict[str, float]], conditions: list[Condition],
     def delta(name):
         return {m: _finite(results[name][m] - base[m]) for m in metrics}
 
-    doc = {"task": task, "metrics": metrics, "method": method, "n_selected": int(n_selected),
-           "baseline": {m: _finite(v) for m, v in base.items()},
-           "localized": {m: _finite(v) for m, v in results["localized"].items()},
-           "controls": {k: [{m: _finite(v) for m, v in results[c.name].items()} for c in main if c.group == k]
-                        for k in kinds},
-           "delta": {"localized": delta("localized"),
-                     **{k: [delta(c.name) for c in main if c.group == k] for k in kinds}},
-           "z": {}, "p_empirical": {}}
+    doc: dict[str, Any] = {
+        "task": task,
+        "metrics": metrics,
+        "method": method,
+        "n_selected": int(n_selected),
+        "baseline": {m: _finite(v) for m, v in base.items()},
+        "localized": {m: _finite(v) for m, v in results["localized"].items()},
+        "controls": {
+            k: [{m: _finite(v) for m, v in results[c.name].items()} for c in main if c.group == k] for k in kinds
+        },
+        "delta": {"localized": delta("localized"), **{k: [delta(c.name) for c in main if c.group == k] for k in kinds}},
+        "z": {},
+        "p_empirical": {},
+    }
     for k in kinds:
         doc["z"][k], doc["p_empirical"][k] = {}, {}
         for m in metrics:

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from localizer.recording.datamodule import Collate
 from localizer.errors import LocalizerError
+from localizer.recording.datamodule import Collate
 from localizer.recording.hooks import main_tensor
 
 TASKS = ("classification", "next-token", "minimal-pairs", "agreement")
@@ -102,21 +102,26 @@ def _logits(out: Any, task: str) -> torch.Tensor:
     """The prediction logits of a model output; a Hugging Face output without ``logits`` (a bare encoder) is refused."""
     if isinstance(out, dict):
         if "logits" not in out:
-            raise LocalizerError(f"task {task} needs a model with a prediction head, but {type(out).__name__} has no "
-                                 f"logits (load a ...ForCausalLM / ...ForImageClassification class)")
+            raise LocalizerError(
+                f"task {task} needs a model with a prediction head, but {type(out).__name__} has no "
+                f"logits (load a ...ForCausalLM / ...ForImageClassification class)"
+            )
         out = out["logits"]
     logits = main_tensor(out)
     if task in ("next-token", "minimal-pairs") and logits.dim() != 3:
-        raise LocalizerError(f"task {task} needs a causal language model with token logits [B, T, vocab]; the model "
-                             f"returned shape {tuple(logits.shape)}")
+        raise LocalizerError(
+            f"task {task} needs a causal language model with token logits [B, T, vocab]; the model "
+            f"returned shape {tuple(logits.shape)}"
+        )
     return logits
 
 
 class ClassificationTask(Task):
     name, columns = "classification", ("text", "image", "label")
 
-    def __init__(self, kind: str, processor=None, transform=None, labels: list[int] | None = None,
-                 max_length: int | None = None):
+    def __init__(
+        self, kind: str, processor=None, transform=None, labels: list[int] | None = None, max_length: int | None = None
+    ):
         self.collator = Collate(kind, processor, transform, max_length)
         self.labels = list(labels or [])
 
@@ -129,8 +134,9 @@ class ClassificationTask(Task):
     def output(self, call_model, batch):
         logits = _logits(call_model(batch), self.name)
         if logits.dim() != 2:
-            raise LocalizerError(f"task classification needs class logits [B, classes]; the model returned shape "
-                                 f"{tuple(logits.shape)}")
+            raise LocalizerError(
+                f"task classification needs class logits [B, classes]; the model returned shape {tuple(logits.shape)}"
+            )
         return logits.argmax(-1)
 
     def update(self, states, out, baseline, batch):
@@ -138,8 +144,12 @@ class ClassificationTask(Task):
         right = (out == label).double()
         labels = torch.tensor(self.labels, device=label.device)
         onehot = (label.unsqueeze(1) == labels).double()  # [B, K]
-        states.update(correct=right.sum(), total=torch.tensor(float(len(label))), class_correct=right @ onehot,
-                      class_total=onehot.sum(0))
+        states.update(
+            correct=right.sum(),
+            total=torch.tensor(float(len(label))),
+            class_correct=right @ onehot,
+            class_total=onehot.sum(0),
+        )
 
     def finalize(self, sums):
         out = {"accuracy": _ratio(sums["correct"], sums["total"])}
@@ -166,8 +176,7 @@ class NextTokenTask(Task):
 
     def update(self, states, out, baseline, batch):
         nll, correct, valid = out
-        states.update(correct=(correct & valid).sum(), total=valid.sum(),
-                      nll=(nll.double() * valid).sum())
+        states.update(correct=(correct & valid).sum(), total=valid.sum(), nll=(nll.double() * valid).sum())
 
     def finalize(self, sums):
         return {"accuracy": _ratio(sums["correct"], sums["total"]), "cross_entropy": _ratio(sums["nll"], sums["total"])}
@@ -180,8 +189,9 @@ class MinimalPairsTask(Task):
         self.collator = Collate("text", tokenizer, max_length=max_length)
 
     def collate(self, rows):
-        texts = [{"index": r["index"], "text": r["good"]} for r in rows] + \
-                [{"index": r["index"], "text": r["bad"]} for r in rows]
+        texts = [{"index": r["index"], "text": r["good"]} for r in rows] + [
+            {"index": r["index"], "text": r["bad"]} for r in rows
+        ]
         batch = self.collator(texts)
         batch["pairs"] = len(rows)
         return batch
@@ -230,10 +240,12 @@ class AgreementTask(Task):
         states.update(same=same @ onehot, count=onehot.sum(0), kl=kl @ onehot)
 
     def finalize(self, sums):
-        return {"agreement_positive": _ratio(sums["same"][1], sums["count"][1]),
-                "agreement_control": _ratio(sums["same"][0], sums["count"][0]),
-                "kl_positive": _ratio(sums["kl"][1], sums["count"][1]),
-                "kl_control": _ratio(sums["kl"][0], sums["count"][0])}
+        return {
+            "agreement_positive": _ratio(sums["same"][1], sums["count"][1]),
+            "agreement_control": _ratio(sums["same"][0], sums["count"][0]),
+            "kl_positive": _ratio(sums["kl"][1], sums["count"][1]),
+            "kl_control": _ratio(sums["kl"][0], sums["count"][0]),
+        }
 
 
 def validate_task_data(ds, task: str, name: str = "task data"):
@@ -244,15 +256,18 @@ def validate_task_data(ds, task: str, name: str = "task data"):
     if task == "minimal-pairs":
         missing = {"good", "bad"} - cols
         if missing:
-            raise LocalizerError(f"{name}: minimal-pairs needs 'good' and 'bad' text columns (missing {sorted(missing)})")
+            raise LocalizerError(
+                f"{name}: minimal-pairs needs 'good' and 'bad' text columns (missing {sorted(missing)})"
+            )
         for i, (g, b) in enumerate(zip(ds["good"], ds["bad"])):
             if not (isinstance(g, str) and g.strip() and isinstance(b, str) and b.strip()):
                 raise LocalizerError(f"{name}: minimal pair {i} has an empty or non-string text")
         return ds
     kinds = [c for c in ("text", "image") if c in cols]
     if len(kinds) != 1:
-        raise LocalizerError(f"{name}: task {task} needs exactly one of the columns 'text' or 'image' "
-                             f"(found {sorted(cols)})")
+        raise LocalizerError(
+            f"{name}: task {task} needs exactly one of the columns 'text' or 'image' (found {sorted(cols)})"
+        )
     if task == "next-token" and kinds[0] != "text":
         raise LocalizerError(f"{name}: task next-token needs a 'text' column")
     if kinds[0] == "text":
@@ -262,8 +277,10 @@ def validate_task_data(ds, task: str, name: str = "task data"):
     if task == "classification":
         if "label" not in cols:
             raise LocalizerError(f"{name}: task classification needs an integer 'label' column")
-        if getattr(ds.features["label"], "dtype", "") not in ("int8", "int16", "int32", "int64") and \
-                type(ds.features["label"]).__name__ != "ClassLabel":
+        if (
+            getattr(ds.features["label"], "dtype", "") not in ("int8", "int16", "int32", "int64")
+            and type(ds.features["label"]).__name__ != "ClassLabel"
+        ):
             raise LocalizerError(f"{name}: column 'label' must hold integers, got {ds.features['label']}")
     if task == "agreement":
         if "positive" not in cols or getattr(ds.features["positive"], "dtype", "") != "bool":
@@ -272,7 +289,8 @@ def validate_task_data(ds, task: str, name: str = "task data"):
 
 
 def load_task_data(source, task: str):
-    """Task data from a built-in name, a file, a directory, a hub id or a ``datasets.Dataset``, validated for ``task``."""
+    """Task data from a built-in name, a file, a directory, a hub id or a ``datasets.Dataset``, validated for
+    ``task``."""
     import datasets
 
     from localizer.recording.stimuli import _read_source

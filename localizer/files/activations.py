@@ -11,7 +11,8 @@ File format (version 1), the contract every later command reads:
   order), ``n_stimuli``, ``created`` (ISO 8601, UTC); ``stimuli`` (and ``control``): the stimulus source(s), when
   given as paths or ids.
 
-Crash safety (the writer is :class:`localizer.files.writer.HDF5ActivationWriter`, the segments :mod:`localizer.files.segments`, resuming :mod:`localizer.files.resume`).
+Crash safety (the writer is :class:`localizer.files.writer.HDF5ActivationWriter`, the segments
+:mod:`localizer.files.segments`, resuming :mod:`localizer.files.resume`).
 Each rank appends its rows to ``<master>.shards/part-AAAA-RRRRR-SSSSSS.h5.part`` (attempt, rank,
 sequence number) together with their dataset indices in ``/index``; every ``segment_mb`` MB (or ``segment_minutes``)
 the segment is closed, flushed to disk and renamed to ``...h5``: a file with that name is complete by construction,
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -59,9 +61,11 @@ def coverage(index: np.ndarray, n: int) -> str:
     counts = np.bincount(inside, minlength=n)
     missing, dup = np.flatnonzero(counts == 0), np.flatnonzero(counts > 1)
     outside = len(index) - len(inside)
-    parts = [f"{len(missing)} missing (e.g. {missing[:5].tolist()})" if len(missing) else "",
-             f"{len(dup)} duplicated (e.g. {dup[:5].tolist()})" if len(dup) else "",
-             f"{outside} out of range" if outside else ""]
+    parts = [
+        f"{len(missing)} missing (e.g. {missing[:5].tolist()})" if len(missing) else "",
+        f"{len(dup)} duplicated (e.g. {dup[:5].tolist()})" if len(dup) else "",
+        f"{outside} out of range" if outside else "",
+    ]
     return ", ".join(p for p in parts if p)
 
 
@@ -97,16 +101,22 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
         with h5py.File(path, "r") as f:
             if not f.attrs.get("complete", False):
                 raise LocalizerError(f"{out}: segment {path} is incomplete")
-            infos.append({
-                "path": path, "index": f["index"][:], "positive": f["positive"][:],
-                "split": f["split"].asstr()[:] if "split" in f else None,
-                "units": {layer: ds.shape[1] for layer, ds in f["activations"].items()},
-            })
+            infos.append(
+                {
+                    "path": path,
+                    "index": f["index"][:],
+                    "positive": f["positive"][:],
+                    "split": f["split"].asstr()[:] if "split" in f else None,
+                    "units": {layer: ds.shape[1] for layer, ds in f["activations"].items()},
+                }
+            )
     index = np.concatenate([i["index"] for i in infos] or [np.zeros(0, dtype=np.int64)])
     gaps = coverage(index, n_stimuli)
     if gaps:
-        raise LocalizerError(f"{out}: the segments hold {len(index)} rows for {n_stimuli} stimuli ({gaps}); "
-                             f"refusing to write the master file")
+        raise LocalizerError(
+            f"{out}: the segments hold {len(index)} rows for {n_stimuli} stimuli ({gaps}); "
+            f"refusing to write the master file"
+        )
     layers = list(metadata.get("layers") or [])
     for info in infos:
         layers += [layer for layer in info["units"] if layer not in layers]
@@ -137,7 +147,7 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
                 rel = os.path.relpath(info["path"], out.parent)
                 source = h5py.VirtualSource(rel, f"activations/{layer}", shape=(rows, units[layer]))
                 for row0, idx0, count, stride in strided_runs(info["index"]):
-                    layout[idx0: idx0 + (count - 1) * stride + 1: stride] = source[row0: row0 + count]
+                    layout[idx0 : idx0 + (count - 1) * stride + 1 : stride] = source[row0 : row0 + count]
             group.create_virtual_dataset(layer, layout, fillvalue=np.nan)
         f.create_dataset("index", data=np.arange(n_stimuli, dtype=np.int64))
         f.create_dataset("positive", data=positive)
@@ -179,14 +189,20 @@ def allow_sources(path: str | os.PathLike) -> int:
     with h5py.File(path, "r") as f:
         group = f.get("activations")
         datasets_ = [group[k] for k in group] if isinstance(group, h5py.Group) else []
-        sources = {vs.file_name for ds in datasets_ if isinstance(ds, h5py.Dataset) and ds.is_virtual
-                   for vs in ds.virtual_sources()}
+        sources = {
+            vs.file_name
+            for ds in datasets_
+            if isinstance(ds, h5py.Dataset) and ds.is_virtual
+            for vs in ds.virtual_sources()
+        }
     need = len(sources) + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and need > soft:
         if hard != resource.RLIM_INFINITY and need > hard:
-            raise LocalizerError(f"{path} reads from {len(sources)} segment files, but this process may open at most "
-                                 f"{hard} files (ulimit -Hn); raise that limit")
+            raise LocalizerError(
+                f"{path} reads from {len(sources)} segment files, but this process may open at most "
+                f"{hard} files (ulimit -Hn); raise that limit"
+            )
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     return len(sources)
 
@@ -216,8 +232,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise LocalizerError(f"{path}: not a readable HDF5 file ({e})") from e
     ok, shown = read_version(attrs)
     if not ok:
-        raise LocalizerError(f"{path}: unknown activation file format version {shown!r} "
-                             f"(this localizer reads version {FORMAT_VERSION})")
+        raise LocalizerError(
+            f"{path}: unknown activation file format version {shown!r} (this localizer reads version {FORMAT_VERSION})"
+        )
     attrs["layers"] = json.loads(attrs["layers"])
     return attrs
 

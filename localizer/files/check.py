@@ -1,7 +1,7 @@
 """`localizer check`: verify activation files (with their segment files) and selection files.
 
-:func:`check` checks several files; :func:`check_file` returns ``(kind, summary, problems)``; every problem is one line that says what is wrong and
-where. Nothing is modified.
+:func:`check` checks several files; :func:`check_file` returns ``(kind, summary, problems)``; every problem is one
+line that says what is wrong and where. Nothing is modified.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -49,9 +50,8 @@ def check(files: list[str]) -> list[FileReport]:
     Raises:
         LocalizerError: a path does not exist or is a folder (bad input, not a damaged file).
     """
-    if isinstance(files, (str, os.PathLike)):
-        files = [files]
-    return [FileReport(str(path), *check_file(path)) for path in files]
+    paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    return [FileReport(str(path), *check_file(path)) for path in paths]
 
 
 def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
@@ -151,7 +151,7 @@ def _check_activations(f, path: Path) -> tuple[str, list[str]]:
         problems.append(f"layers listed but without a dataset: {sorted(listed - present)}")
     if present - listed:
         problems.append(f"datasets not listed in the 'layers' attribute: {sorted(present - listed)}")
-    units, sources = 0, {}
+    units, sources = 0, dict[str, Any]()
     good = []
     for layer in [x for x in layers if x in present]:
         with _section(problems, f"layer {layer!r}"):
@@ -173,8 +173,9 @@ def _check_activations(f, path: Path) -> tuple[str, list[str]]:
         problems += _check_segments(path, n, positive, {x: group[x].shape[1] for x in good}, sources)
     problems += _check_finite(group, good)
     n_pos = int(positive.sum()) if positive is not None else "?"
-    summary = (f"activation file, format 1: {n} stimuli ({n_pos} positive), {len(layers)} layers, {units} units"
-               + (f", {len(sources)} segment files" if sources else ", stored in the file"))
+    summary = f"activation file, format 1: {n} stimuli ({n_pos} positive), {len(layers)} layers, {units} units" + (
+        f", {len(sources)} segment files" if sources else ", stored in the file"
+    )
     return summary, problems
 
 
@@ -190,7 +191,8 @@ def _rows(space) -> np.ndarray | None:
 
 def _check_segments(path: Path, n: int, positive, units: dict[str, int], sources: dict) -> list[str]:
     """Every segment file exists, is complete, has the layers' shapes, and maps its rows to its own indices."""
-    problems, covered = [], []
+    problems: list[str] = []
+    covered: list[np.ndarray] = []
     for name, maps in sources.items():
         seg = Path(name) if os.path.isabs(name) else path.parent / name
         if not seg.exists():
@@ -235,13 +237,18 @@ def _check_segment(s, seg: Path, n: int, positive, units: dict[str, int], maps, 
         src = s.get(vs.dset_name)
         if src is None or src.shape != (len(index), units[layer]):
             shape = None if src is None else src.shape
-            problems.append(f"segment {seg}: {vs.dset_name} is {shape}, expected ({len(index)}, "
-                            f"{units[layer]})")
+            problems.append(f"segment {seg}: {vs.dset_name} is {shape}, expected ({len(index)}, {units[layer]})")
             continue
         vrows, srows = _rows(vs.vspace), _rows(vs.src_space)
-        if vrows is not None and srows is not None and (
-                len(vrows) != len(srows) or srows.max(initial=-1) >= len(index)
-                or not np.array_equal(index[srows], vrows)):
+        if (
+            vrows is not None
+            and srows is not None
+            and (
+                len(vrows) != len(srows)
+                or srows.max(initial=-1) >= len(index)
+                or not np.array_equal(index[srows], vrows)
+            )
+        ):
             problems.append(f"segment {seg}: layer {layer!r} maps rows to the wrong stimuli")
     return problems
 
@@ -254,10 +261,11 @@ def _check_finite(group, layers: list[str]) -> list[str]:
         rows, first = 0, None
         for r0 in range(0, ds.shape[0], step):
             try:
-                bad = ~np.isfinite(ds[r0:r0 + step]).all(axis=1)
+                bad = ~np.isfinite(ds[r0 : r0 + step]).all(axis=1)
             except Exception as e:
-                problems.append(f"layer {layer!r}: stimuli {r0}..{min(r0 + step, ds.shape[0]) - 1} cannot be read "
-                                f"({_short(e)})")
+                problems.append(
+                    f"layer {layer!r}: stimuli {r0}..{min(r0 + step, ds.shape[0]) - 1} cannot be read ({_short(e)})"
+                )
                 break
             if bad.any():
                 first = r0 + int(np.argmax(bad)) if first is None else first
@@ -284,8 +292,10 @@ def _check_selection(f) -> tuple[str, list[str]]:
     n_sets = 0
     with _section(problems, "/controls"):
         n_sets = _check_controls(f, sizes, mask, problems)
-    summary = (f"selection file, format 1: {int(mask.sum())} of {mask.size} units selected in {len(layers)} layers, "
-               f"{n_sets} control sets")
+    summary = (
+        f"selection file, format 1: {int(mask.sum())} of {mask.size} units selected in {len(layers)} layers, "
+        f"{n_sets} control sets"
+    )
     return summary, problems
 
 

@@ -1,7 +1,8 @@
 """Resuming an extraction: the run manifest, the run lock, and what a rerun still has to record.
 
 ``<master>.shards/run.json`` holds the settings key of the extraction and its attempt number;
-``<master>.shards/lock`` is held (flock) by every process of a run. See :mod:`localizer.files.activations` for the files.
+``<master>.shards/lock`` is held (flock) by every process of a run. See :mod:`localizer.files.activations` for the
+files.
 """
 
 from __future__ import annotations
@@ -98,12 +99,15 @@ def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
         return
     old = manifest.get("key") or {}
     diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
-    raise SettingsMismatch(f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
-                           f"pass {opt('overwrite', True)} to discard it")
+    raise SettingsMismatch(
+        f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
+        f"pass {opt('overwrite', True)} to discard it"
+    )
 
 
-def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
-                mode: str = "auto") -> tuple[int, np.ndarray, dict[str, int]]:
+def plan_resume(
+    out: str | os.PathLike, key: dict[str, Any] | None, mode: str = "auto"
+) -> tuple[int, np.ndarray, dict[str, int]]:
     """Decide what an extraction into ``out`` records; called once, by rank 0, before any row is written.
 
     Args:
@@ -123,7 +127,9 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
     segments = segment_files(out)
     if mode == "fresh" or key is None or not segments or manifest is None:
         if mode == "resume" and key is not None:
-            raise LocalizerError(f"{out}: nothing to resume (no recorded segments in {folder}); run without {opt('resume', True)}")
+            raise LocalizerError(
+                f"{out}: nothing to resume (no recorded segments in {folder}); run without {opt('resume', True)}"
+            )
         out.unlink(missing_ok=True)
         for old in folder.iterdir() if folder.exists() else []:  # everything but the lock that this run holds
             if old.name != "lock":
@@ -132,17 +138,22 @@ def plan_resume(out: str | os.PathLike, key: dict[str, Any] | None,
         _write_manifest(folder, {"key": key, "attempt": attempt})
         return attempt, np.zeros(0, dtype=np.int64), {}
     check_partial(out, key)
-    done, units = [], {}
+    found: list[np.ndarray] = []
+    units: dict[str, int] = {}
     for path in segments:
         try:
             with h5py.File(path, "r") as f:
-                done.append(f["index"][:])
+                found.append(f["index"][:])
                 units = units or {layer: int(ds.shape[1]) for layer, ds in f["activations"].items()}
         except (OSError, KeyError) as e:
-            raise LocalizerError(f"segment {path} is unreadable ({e}); pass {opt('overwrite', True)} to start over") from e
-    done = np.concatenate(done).astype(np.int64)
+            raise LocalizerError(
+                f"segment {path} is unreadable ({e}); pass {opt('overwrite', True)} to start over"
+            ) from e
+    done = np.concatenate(found).astype(np.int64)
     if len(np.unique(done)) != len(done):
-        raise LocalizerError(f"{folder}: the recorded segments hold some stimuli twice; pass {opt('overwrite', True)} to start over")
+        raise LocalizerError(
+            f"{folder}: the recorded segments hold some stimuli twice; pass {opt('overwrite', True)} to start over"
+        )
     for stale in folder.glob("*.part"):
         stale.unlink()
     attempt = max([int(manifest.get("attempt", 0))] + [_segment_attempt(p) for p in segments]) + 1

@@ -25,8 +25,14 @@ class SegmentWriter:
     more than a GPU forward pass); nothing else is kept in memory beyond HDF5's chunk cache.
     """
 
-    def __init__(self, path: Path, chunk_bytes: int = 1 << 18, max_bytes: float = float("inf"),
-                 buffer_bytes: int = 8 << 20, units: dict[str, int] | None = None):
+    def __init__(
+        self,
+        path: Path,
+        chunk_bytes: int = 1 << 18,
+        max_bytes: float = float("inf"),
+        buffer_bytes: int = 8 << 20,
+        units: dict[str, int] | None = None,
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.chunk_bytes, self.max_bytes, self.buffer_bytes = path, chunk_bytes, max_bytes, buffer_bytes
         self.tmp = path.with_name(path.name + ".part")
@@ -41,17 +47,26 @@ class SegmentWriter:
         self._pending: list[tuple] = []
         self._pending_bytes = 0
 
-    def append(self, index: np.ndarray, positive: np.ndarray, split: list[str] | None,
-               acts: dict[str, np.ndarray]) -> None:
+    def append(
+        self, index: np.ndarray, positive: np.ndarray, split: list[str] | None, acts: dict[str, np.ndarray]
+    ) -> None:
         """Rows ``[B]`` of indices/labels and ``{layer: [B, U]}`` activations (kept by reference until flushed)."""
         for layer, a in acts.items():
             units = self.units.setdefault(layer, a.shape[1])
             if units != a.shape[1]:
-                raise LocalizerError(f"layer {layer!r} changed size from {units} to {a.shape[1]} units between "
-                                     f"batches; 'flat' pooling needs inputs of one size")
+                raise LocalizerError(
+                    f"layer {layer!r} changed size from {units} to {a.shape[1]} units between "
+                    f"batches; 'flat' pooling needs inputs of one size"
+                )
         acts = {layer: np.asarray(a, dtype=np.float32) for layer, a in acts.items()}
-        self._pending.append((np.asarray(index, dtype=np.int64), np.asarray(positive, dtype=bool),
-                              None if split is None else list(split), acts))
+        self._pending.append(
+            (
+                np.asarray(index, dtype=np.int64),
+                np.asarray(positive, dtype=bool),
+                None if split is None else list(split),
+                acts,
+            )
+        )
         size = sum(a.nbytes for a in acts.values())
         self.nbytes += size
         self._pending_bytes += size
@@ -79,10 +94,12 @@ class SegmentWriter:
         for layer in pending[0][3]:
             if layer not in self.group:
                 units = self.units[layer]
-                rows = int(max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)),
-                                      self.max_bytes // (4 * max(units, 1)))))  # small segments: small chunks
-                self.group.create_dataset(layer, (n, units), maxshape=(None, units), dtype=np.float32,
-                                          chunks=(rows, units))
+                rows = int(
+                    max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)), self.max_bytes // (4 * max(units, 1))))
+                )  # small segments: small chunks
+                self.group.create_dataset(
+                    layer, (n, units), maxshape=(None, units), dtype=np.float32, chunks=(rows, units)
+                )
             ds = self.group[layer]
             ds.resize((n + b, self.units[layer]))
             ds[n:] = np.concatenate([p[3][layer] for p in pending])
@@ -123,5 +140,3 @@ def fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-

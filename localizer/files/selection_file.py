@@ -25,15 +25,31 @@ import numpy as np
 from localizer.errors import LocalizerError
 from localizer.files.activations import FORMAT_VERSION, _existing_file, read_version
 
-STAT_NAMES = ("t", "p", "q", "d", "mean_positive", "mean_control", "var_positive", "var_control", "mean_all",
-              "mean_abs_all")
+STAT_NAMES = (
+    "t",
+    "p",
+    "q",
+    "d",
+    "mean_positive",
+    "mean_control",
+    "var_positive",
+    "var_control",
+    "mean_all",
+    "mean_abs_all",
+)
 
 PerLayer = dict[str, np.ndarray]
 
 
-def write_selection_file(path: str | os.PathLike, layers: list[str], stats: dict[str, PerLayer], mask: PerLayer,
-                         controls: dict[str, list[PerLayer]], attrs: dict[str, Any],
-                         validation_t: PerLayer | None = None) -> Path:
+def write_selection_file(
+    path: str | os.PathLike,
+    layers: list[str],
+    stats: dict[str, PerLayer],
+    mask: PerLayer,
+    controls: dict[str, list[PerLayer]],
+    attrs: dict[str, Any],
+    validation_t: PerLayer | None = None,
+) -> Path:
     """Write a selection file under a temporary name, then rename it (a file that exists is complete).
 
     Args:
@@ -83,14 +99,21 @@ def read_selection_file(path: str | os.PathLike) -> dict[str, Any]:
         attrs = dict(f.attrs)
         ok, shown = read_version(attrs)
         if not ok or "mask" not in f:
-            raise LocalizerError(f"{path}: not a selection file of format version {FORMAT_VERSION} "
-                                 f"(format_version={shown!r})")
+            raise LocalizerError(
+                f"{path}: not a selection file of format version {FORMAT_VERSION} (format_version={shown!r})"
+            )
         layers = json.loads(attrs["layers"])
-        return {"attrs": attrs, "layers": layers,
-                "stats": {layer: {k: f[f"layers/{layer}/{k}"][:] for k in STAT_NAMES} for layer in layers},
-                "mask": {layer: f[f"mask/{layer}"][:] for layer in layers},
-                "controls": {kind: [{layer: f[f"controls/{kind}/{i}/{layer}"][:] for layer in layers}
-                                    for i in sorted(f[f"controls/{kind}"], key=int)]
-                             for kind in (f["controls"] if "controls" in f else [])},
-                "validation_t": ({layer: f[f"validation/{layer}/t"][:] for layer in layers}
-                                 if "validation" in f else None)}
+        return {
+            "attrs": attrs,
+            "layers": layers,
+            "stats": {layer: {k: f[f"layers/{layer}/{k}"][:] for k in STAT_NAMES} for layer in layers},
+            "mask": {layer: f[f"mask/{layer}"][:] for layer in layers},
+            "controls": {
+                kind: [
+                    {layer: f[f"controls/{kind}/{i}/{layer}"][:] for layer in layers}
+                    for i in sorted(f[f"controls/{kind}"], key=int)
+                ]
+                for kind in (f["controls"] if "controls" in f else [])
+            },
+            "validation_t": ({layer: f[f"validation/{layer}/t"][:] for layer in layers} if "validation" in f else None),
+        }

@@ -42,8 +42,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
         metadata: root attributes to record (``model``, ``model_class``, ``pooling``); by default read from the
             LightningModule (:class:`localizer.recording.recorder.ActivationRecorder`).
         n_stimuli: the dataset size N; by default the length of the predict dataloader's dataset.
-        resume_key: what determines the recorded values (see :func:`localizer.files.resume.plan_resume`); with it (and ``n_stimuli``) a
-            rerun skips the rows already committed. Without it every run starts over.
+        resume_key: what determines the recorded values (see :func:`localizer.files.resume.plan_resume`); with it
+            (and ``n_stimuli``) a rerun skips the rows already committed. Without it every run starts over.
         mode: ``"auto"``, ``"resume"`` or ``"fresh"`` (see :func:`localizer.files.resume.plan_resume`).
         segment_mb / segment_minutes: commit the open segment when it holds this many MB of activations or is this
             old (a crash loses at most that much work per rank).
@@ -52,14 +52,24 @@ class HDF5ActivationWriter(BasePredictionWriter):
             refuses such a file).
 
     The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
-    :class:`localizer.recording.datamodule.LocalizerDataModule` makes them; the prediction is ``{layer: [B, U_layer]}``. When the
+    :class:`localizer.recording.datamodule.LocalizerDataModule` makes them; the prediction is
+    ``{layer: [B, U_layer]}``. When the
     datamodule has a ``restrict(indices)`` method (LocalizerDataModule does), a resumed run only computes the rows
     that are missing; otherwise rows already recorded are computed and dropped.
     """
 
-    def __init__(self, out: str | os.PathLike, metadata: dict[str, Any] | None = None, n_stimuli: int | None = None,
-                 *, resume_key: dict[str, Any] | None = None, mode: str = "auto", segment_mb: float = 1024.0,
-                 segment_minutes: float = 10.0, nan_policy: str = "error"):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        metadata: dict[str, Any] | None = None,
+        n_stimuli: int | None = None,
+        *,
+        resume_key: dict[str, Any] | None = None,
+        mode: str = "auto",
+        segment_mb: float = 1024.0,
+        segment_minutes: float = 10.0,
+        nan_policy: str = "error",
+    ):
         super().__init__(write_interval="batch")
         if nan_policy not in NAN_POLICIES:
             raise LocalizerError(f"unknown nan policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
@@ -72,7 +82,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self.n_stimuli = n_stimuli
         self.resume_key = None if n_stimuli is None else resume_key
         self.mode = mode
-        self.segment_bytes, self.segment_seconds = segment_mb * 2 ** 20, segment_minutes * 60
+        self.segment_bytes, self.segment_seconds = segment_mb * 2**20, segment_minutes * 60
         self.nan_policy = nan_policy
         self._segment: SegmentWriter | None = None
         self._seq = self._attempt = 0
@@ -88,17 +98,19 @@ class HDF5ActivationWriter(BasePredictionWriter):
         if stage != "predict":  # the same Trainer may run validate/test later: never plan (and wipe) a run there
             return
 
-        def plan():
+        def make_plan():
             self._lock = RunLock(segment_dir(self.out))
             if not self._lock.acquire(exclusive=True):
-                raise LocalizerError(f"another extraction is still writing into {segment_dir(self.out)} (or a "
-                                     f"process of a killed one is still alive); stop it first")
+                raise LocalizerError(
+                    f"another extraction is still writing into {segment_dir(self.out)} (or a "
+                    f"process of a killed one is still alive); stop it first"
+                )
             result = plan_resume(self.out, self.resume_key, self.mode)
             self._lock.acquire(exclusive=False)
             return result
 
         try:
-            plan = on_rank_zero(trainer, plan)
+            plan = on_rank_zero(trainer, make_plan)
         except LocalizerError:
             self._release()
             raise
@@ -112,7 +124,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._first_nonfinite, self._nonfinite_rows = None, 0
         self._done = None
         if len(done):
-            self._done = np.zeros(self.n_stimuli, dtype=bool)
+            self._done = np.zeros(self._n_stimuli(trainer), dtype=bool)
             self._done[done] = True
             restrict = getattr(trainer.datamodule, "restrict", None)
             if restrict is not None:
@@ -121,11 +133,14 @@ class HDF5ActivationWriter(BasePredictionWriter):
                     todo = np.sort(np.concatenate([todo, done[: trainer.world_size - len(todo)]]))
                 restrict(todo)
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
-                           dataloader_idx=0) -> None:
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         if self._ppid is not None and os.getppid() != self._ppid:
-            raise LocalizerError(f"rank {trainer.global_rank}: the process that launched it has died; stopping "
-                                 f"(committed segments are kept; rerun the command to resume)")
+            raise LocalizerError(
+                f"rank {trainer.global_rank}: the process that launched it has died; stopping "
+                f"(committed segments are kept; rerun the command to resume)"
+            )
         index = batch["index"].cpu().numpy().astype(np.int64)
         acts = _to_numpy(prediction)
         positive, split = batch["positive"].cpu().numpy(), batch.get("split")
@@ -140,11 +155,12 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._check_finite(index, acts)
         if self._segment is None:
             name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
-            self._segment = SegmentWriter(segment_dir(self.out) / name, max_bytes=self.segment_bytes,
-                                           units=self._units)
+            self._segment = SegmentWriter(segment_dir(self.out) / name, max_bytes=self.segment_bytes, units=self._units)
         self._segment.append(index, positive, split, acts)
-        if (self._segment.nbytes >= self.segment_bytes
-                or time.monotonic() - self._segment.started >= self.segment_seconds):
+        if (
+            self._segment.nbytes >= self.segment_bytes
+            or time.monotonic() - self._segment.started >= self.segment_seconds
+        ):
             self._commit(trainer, pl_module)
 
     def _commit(self, trainer, pl_module) -> None:
@@ -152,9 +168,12 @@ class HDF5ActivationWriter(BasePredictionWriter):
             failpoint(f"before-commit:{self._seq}", trainer.global_rank)
             attempt = (read_manifest(segment_dir(self.out)) or {}).get("attempt")
             if attempt != self._attempt:  # a later run took over this folder (where flock does not work)
-                raise LocalizerError(f"{segment_dir(self.out)} now belongs to another extraction (attempt {attempt}); "
-                                     f"this one (attempt {self._attempt}) stops")
+                raise LocalizerError(
+                    f"{segment_dir(self.out)} now belongs to another extraction (attempt {attempt}); "
+                    f"this one (attempt {self._attempt}) stops"
+                )
 
+        assert self._segment is not None
         self._segment.commit(list(getattr(pl_module, "layers", [])), before_rename)
         self._segment = None
         failpoint(f"after-commit:{self._seq}", trainer.global_rank)
@@ -168,8 +187,10 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 first, count = int(index[np.argmax(bad_rows)]), int(bad_rows.sum())
                 if self.nan_policy == "error":
                     more = f" (and {count - 1} more stimuli of this batch)" if count > 1 else ""
-                    raise LocalizerError(f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
-                                         f"check the model and inputs, or record them with {opt('nan_policy', 'allow')}")
+                    raise LocalizerError(
+                        f"layer {layer!r} gave NaN/inf activations for stimulus {first}{more}; "
+                        f"check the model and inputs, or record them with {opt('nan_policy', 'allow')}"
+                    )
                 self._first_nonfinite = self._first_nonfinite or (layer, first)
                 bad_any |= bad_rows
         self._nonfinite_rows += int(bad_any.sum())
@@ -192,17 +213,29 @@ class HDF5ActivationWriter(BasePredictionWriter):
             layer, first = self._first_nonfinite
             import warnings
 
-            warnings.warn(f"rank {trainer.global_rank}: {self._nonfinite_rows} recorded rows hold NaN/inf activations "
-                          f"(first: layer {layer!r}, stimulus {first}); `localizer check {self.out}` lists them")
+            warnings.warn(
+                f"rank {trainer.global_rank}: {self._nonfinite_rows} recorded rows hold NaN/inf activations "
+                f"(first: layer {layer!r}, stimulus {first}); `localizer check {self.out}` lists them",
+                stacklevel=2,
+            )
         try:
             trainer.strategy.barrier()
         except RuntimeError as e:  # a rank died: what is committed stays, the rerun resumes
             self._release()
-            raise LocalizerError(f"rank {trainer.global_rank}: another process of this job stopped before the end "
-                                 f"({' '.join(str(e).split())[:120]}); rerun the command to resume") from e
+            raise LocalizerError(
+                f"rank {trainer.global_rank}: another process of this job stopped before the end "
+                f"({' '.join(str(e).split())[:120]}); rerun the command to resume"
+            ) from e
         try:
-            on_rank_zero(trainer, lambda: write_master(self.out, self._n_stimuli(trainer), self._metadata(pl_module),
-                                                       before_rename=lambda: failpoint("before-master", 0)))
+            on_rank_zero(
+                trainer,
+                lambda: write_master(
+                    self.out,
+                    self._n_stimuli(trainer),
+                    self._metadata(pl_module),
+                    before_rename=lambda: failpoint("before-master", 0),
+                ),
+            )
         finally:
             self._release()
 
@@ -214,8 +247,10 @@ class HDF5ActivationWriter(BasePredictionWriter):
         return len(loader.dataset)
 
     def _metadata(self, pl_module) -> dict[str, Any]:
-        meta = {key: getattr(pl_module, attr, "") for key, attr in
-                (("model", "model_name"), ("model_class", "model_class"), ("pooling", "pooling"))}
+        meta = {
+            key: getattr(pl_module, attr, "")
+            for key, attr in (("model", "model_name"), ("model_class", "model_class"), ("pooling", "pooling"))
+        }
         meta["layers"] = list(getattr(pl_module, "layers", []))
         meta.update(self.metadata)
         return meta

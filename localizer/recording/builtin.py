@@ -23,7 +23,6 @@ from localizer.errors import LocalizerError
 from localizer.resources import read_text, resource_path
 
 
-
 def _jsonl(name: str):
     import datasets
 
@@ -63,14 +62,18 @@ def tom(seed: int = 0, n: int = 48):
     objects = ["chocolate", "ball", "book", "key", "letter", "ring", "hat", "phone", "apple", "coin"]
     places = ["basket", "drawer", "box", "cupboard", "bag", "closet", "desk", "fridge", "shelf", "car"]
     rows = []
-    for i in range(n):
+    for _ in range(n):
         a, b = rng.sample(names, 2)
         obj = rng.choice(objects)
         p1, p2 = rng.sample(places, 2)
-        belief = (f"{a} puts the {obj} in the {p1} and leaves the room. While {a} is outside, {b} moves the {obj} "
-                  f"to the {p2}. When {a} comes back, {a} thinks that the {obj} is in the")
-        photo = (f"{a} takes a photograph of the {obj} in the {p1} and leaves the room. Later, {b} moves the {obj} "
-                 f"to the {p2}. In the photograph, the {obj} is shown lying in the")
+        belief = (
+            f"{a} puts the {obj} in the {p1} and leaves the room. While {a} is outside, {b} moves the {obj} "
+            f"to the {p2}. When {a} comes back, {a} thinks that the {obj} is in the"
+        )
+        photo = (
+            f"{a} takes a photograph of the {obj} in the {p1} and leaves the room. Later, {b} moves the {obj} "
+            f"to the {p2}. In the photograph, the {obj} is shown lying in the"
+        )
         rows += [{"text": belief, "positive": True}, {"text": photo, "positive": False}]
     split = _split(n, 0.25, seed)
     for i, r in enumerate(rows):
@@ -88,8 +91,10 @@ def arithmetic(seed: int = 0, n: int = 80):
     hard = rng.sample([(a, b) for a in range(12, 99) for b in range(12, 99)], n)
     rows = []
     for (a, b), (c, d) in zip(hard, easy):
-        rows += [{"text": f"What is {a} times {b}? The answer is", "positive": True},
-                 {"text": f"What is {c} plus {d}? The answer is", "positive": False}]
+        rows += [
+            {"text": f"What is {a} times {b}? The answer is", "positive": True},
+            {"text": f"What is {c} plus {d}? The answer is", "positive": False},
+        ]
     split = _split(n, 0.25, seed)
     for i, r in enumerate(rows):
         r["split"] = split[i // 2]
@@ -104,8 +109,22 @@ def _object_photos():
     try:
         from skimage import data as sk
 
-        for name in ("chelsea", "coffee", "rocket", "hubble_deep_field", "coins", "immunohistochemistry",
-                     "moon", "page", "horse", "brick", "grass", "gravel", "cell", "colorwheel"):
+        for name in (
+            "chelsea",
+            "coffee",
+            "rocket",
+            "hubble_deep_field",
+            "coins",
+            "immunohistochemistry",
+            "moon",
+            "page",
+            "horse",
+            "brick",
+            "grass",
+            "gravel",
+            "cell",
+            "colorwheel",
+        ):
             try:
                 photos.append(Image.fromarray(getattr(sk, name)()))
             except Exception:  # a photo missing from this scikit-image version (or needing a download)
@@ -138,8 +157,9 @@ def faces(seed: int = 0):
     images = to_img + crops
     positive = [True] * 100 + [False] * (100 + len(crops))
     split = _split(len(images), 0.25, seed)
-    features = datasets.Features({"image": datasets.Image(), "positive": datasets.Value("bool"),
-                                  "split": datasets.Value("string")})
+    features = datasets.Features(
+        {"image": datasets.Image(), "positive": datasets.Value("bool"), "split": datasets.Value("string")}
+    )
     return datasets.Dataset.from_dict({"image": images, "positive": positive, "split": split}, features=features)
 
 

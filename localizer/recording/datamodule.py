@@ -12,7 +12,8 @@ Every batch is a dict with
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -21,14 +22,14 @@ from torch.utils.data import DataLoader, Dataset
 from localizer.errors import LocalizerError, first_line
 from localizer.recording.stimuli import modality as stimulus_modality
 
+
 class IndexedRows(Dataset):
     """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present.
 
     ``indices`` (int ``[M]``, optional) serves only those rows, in that order (a resumed extraction).
     """
 
-    def __init__(self, rows, columns: tuple[str, ...] = ("text", "image", "positive", "split", "label"),
-                 indices=None):
+    def __init__(self, rows, columns: tuple[str, ...] = ("text", "image", "positive", "split", "label"), indices=None):
         self.rows, self.indices = rows, None if indices is None else [int(i) for i in indices]
         self.columns = [c for c in columns if c in rows.column_names]
 
@@ -47,8 +48,9 @@ class IndexedRows(Dataset):
 class Collate:
     """Turn a list of stimulus rows into one batch (see the module docstring)."""
 
-    def __init__(self, kind: str, processor: Any = None, transform: Callable | None = None,
-                 max_length: int | None = None):
+    def __init__(
+        self, kind: str, processor: Any = None, transform: Callable | None = None, max_length: int | None = None
+    ):
         self.kind, self.processor, self.transform, self.max_length = kind, processor, transform, max_length
         if kind == "text" and processor is None:
             raise LocalizerError("text stimuli need a tokenizer")
@@ -64,8 +66,13 @@ class Collate:
         if "split" in rows[0]:
             batch["split"] = [r["split"] for r in rows]
         if self.kind == "text":
-            enc = self.processor([r["text"] for r in rows], padding=True, return_tensors="pt",
-                                 truncation=self.max_length is not None, max_length=self.max_length)
+            enc = self.processor(
+                [r["text"] for r in rows],
+                padding=True,
+                return_tensors="pt",
+                truncation=self.max_length is not None,
+                max_length=self.max_length,
+            )
             batch.update({k: v for k, v in enc.items()})
         else:
             images = [r["image"] for r in rows]
@@ -90,8 +97,15 @@ class LocalizerDataModule(L.LightningDataModule):
         max_length: truncate texts to this many tokens (None: no truncation).
     """
 
-    def __init__(self, stimuli, processor: Any = None, transform: Callable | None = None, batch_size: int = 32,
-                 num_workers: int = 0, max_length: int | None = None):
+    def __init__(
+        self,
+        stimuli,
+        processor: Any = None,
+        transform: Callable | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_length: int | None = None,
+    ):
         super().__init__()
         if batch_size < 1:
             raise LocalizerError(f"batch size must be >= 1, got {batch_size}")
@@ -106,6 +120,11 @@ class LocalizerDataModule(L.LightningDataModule):
         self.indices = indices
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(IndexedRows(self.stimuli, indices=self.indices), batch_size=self.batch_size, shuffle=False,
-                          num_workers=self.num_workers, collate_fn=self.collate,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            IndexedRows(self.stimuli, indices=self.indices),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0,
+        )

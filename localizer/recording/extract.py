@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from localizer.errors import LocalizerError, opt
 from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOptions
@@ -13,16 +14,40 @@ from localizer.trainer import trainer_kwargs
 Pooling = Literal["last", "mean", "channel", "flat"]
 
 
-def extract(model: str, stimuli: str, out: str, *, layers: str = "auto", pooling: Optional[Pooling] = None,
-            batch_size: int = 32, control: Optional[str] = None, tokenizer: Optional[str] = None,
-            transform: Optional[str] = None, padding_side: Literal["right", "left"] = "right",
-            max_length: Optional[int] = None, num_workers: int = 0, overwrite: bool = False, resume: bool = False,
-            segment_mb: float = 1024.0, nan_policy: Literal["error", "allow"] = "error",
-            trust_remote_code: bool = False, selection: Optional[str] = None, log_dir: str = "lightning_logs",
-            abs: bool = False, alternative: Alternative = "greater", top: str = "1%", per_layer: bool = False,
-            count: Optional[int] = None, fdr: Optional[float] = None, range: Optional[str] = None,
-            bottom: bool = False, controls: int = 10, seed: int = 0, split_half: bool = False,
-            trainer: Optional[dict[str, Any]] = None) -> Path:
+def extract(
+    model: str,
+    stimuli: str,
+    out: str,
+    *,
+    layers: str = "auto",
+    pooling: Optional[Pooling] = None,
+    batch_size: int = 32,
+    control: Optional[str] = None,
+    tokenizer: Optional[str] = None,
+    transform: Optional[str] = None,
+    padding_side: Literal["right", "left"] = "right",
+    max_length: Optional[int] = None,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    resume: bool = False,
+    segment_mb: float = 1024.0,
+    nan_policy: Literal["error", "allow"] = "error",
+    trust_remote_code: bool = False,
+    selection: Optional[str] = None,
+    log_dir: str = "lightning_logs",
+    abs: bool = False,
+    alternative: Alternative = "greater",
+    top: str = "1%",
+    per_layer: bool = False,
+    count: Optional[int] = None,
+    fdr: Optional[float] = None,
+    range: Optional[str] = None,
+    bottom: bool = False,
+    controls: int = 10,
+    seed: int = 0,
+    split_half: bool = False,
+    trainer: Optional[dict[str, Any]] = None,
+) -> Path:
     """Record pooled per-unit activations of a model on positive and control stimuli into one HDF5 file.
 
     Args:
@@ -55,39 +80,88 @@ def extract(model: str, stimuli: str, out: str, *, layers: str = "auto", pooling
     Returns:
         the path of the activation file.
     """
-    options = SelectionOptions.from_parameters(
-        abs=abs, alternative=alternative, top=top, per_layer=per_layer, count=count, fdr=fdr, range=range,
-        bottom=bottom, controls=controls, seed=seed, split_half=split_half) if selection is not None else None
-    return record(model, stimuli, out, layers=layers, pooling=pooling, batch_size=batch_size, control=control,
-                  tokenizer=tokenizer, transform=transform, padding_side=padding_side, max_length=max_length,
-                  num_workers=num_workers, overwrite=overwrite, resume=resume, segment_mb=segment_mb,
-                  nan_policy=nan_policy, trust_remote_code=trust_remote_code, selection=selection,
-                  selection_options=options, log_dir=log_dir, trainer=trainer)
+    options = (
+        SelectionOptions.from_parameters(
+            abs=abs,
+            alternative=alternative,
+            top=top,
+            per_layer=per_layer,
+            count=count,
+            fdr=fdr,
+            range=range,
+            bottom=bottom,
+            controls=controls,
+            seed=seed,
+            split_half=split_half,
+        )
+        if selection is not None
+        else None
+    )
+    return record(
+        model,
+        stimuli,
+        out,
+        layers=layers,
+        pooling=pooling,
+        batch_size=batch_size,
+        control=control,
+        tokenizer=tokenizer,
+        transform=transform,
+        padding_side=padding_side,
+        max_length=max_length,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        resume=resume,
+        segment_mb=segment_mb,
+        nan_policy=nan_policy,
+        trust_remote_code=trust_remote_code,
+        selection=selection,
+        selection_options=options,
+        log_dir=log_dir,
+        trainer=trainer,
+    )
 
 
 extract.__doc__ = (extract.__doc__ or "").replace("{selection_parameters}", PARAMETERS_DOC)
 
 
-def record(model: Any, stimuli: Any, out: str | os.PathLike, *, layers: str | list[str] = "auto",
-           pooling: str | None = None, batch_size: int = 32, control: str | None = None,
-           tokenizer: str | None = None, transform: str | Callable | None = None, padding_side: str = "right",
-           max_length: int | None = None, num_workers: int = 0, overwrite: bool = False, resume: bool = False,
-           segment_mb: float = 1024.0, nan_policy: str = "error", trust_remote_code: bool = False,
-           selection: str | os.PathLike | None = None, selection_options: SelectionOptions | None = None,
-           log_dir: str | os.PathLike | None = "lightning_logs", source: str | None = None,
-           trainer: dict[str, Any] | None = None) -> Path:
+def record(
+    model: Any,
+    stimuli: Any,
+    out: str | os.PathLike,
+    *,
+    layers: str | list[str] = "auto",
+    pooling: str | None = None,
+    batch_size: int = 32,
+    control: str | None = None,
+    tokenizer: str | None = None,
+    transform: str | Callable | None = None,
+    padding_side: str = "right",
+    max_length: int | None = None,
+    num_workers: int = 0,
+    overwrite: bool = False,
+    resume: bool = False,
+    segment_mb: float = 1024.0,
+    nan_policy: str = "error",
+    trust_remote_code: bool = False,
+    selection: str | os.PathLike | None = None,
+    selection_options: SelectionOptions | None = None,
+    log_dir: str | os.PathLike | None = "lightning_logs",
+    source: str | None = None,
+    trainer: dict[str, Any] | None = None,
+) -> Path:
     """:func:`extract` for Python callers that hold the pieces: ``model`` may be a loaded
     :class:`localizer.recording.models.LoadedModel`, ``stimuli`` a ``datasets.Dataset`` (then ``source`` names it
     in the file), ``transform`` a callable, and the selection rule a :class:`SelectionOptions`."""
     import lightning as L
 
+    from localizer.files.outputs import check_output, source_name
+    from localizer.files.resume import check_partial, committed_rows
+    from localizer.files.writer import NAN_POLICIES, HDF5ActivationWriter
     from localizer.recording.datamodule import LocalizerDataModule
     from localizer.recording.models import LoadedModel, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
-    from localizer.files.outputs import check_output, source_name
-    from localizer.files.resume import check_partial, committed_rows
-    from localizer.files.writer import NAN_POLICIES, HDF5ActivationWriter
 
     if nan_policy not in NAN_POLICIES:
         raise LocalizerError(f"unknown {opt('nan_policy')} {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
@@ -103,32 +177,61 @@ def record(model: Any, stimuli: Any, out: str | os.PathLike, *, layers: str | li
     prior = 0 if overwrite else committed_rows(out)
     if resume and not prior:
         raise LocalizerError(f"{out}: nothing to resume (no recorded segments); run without {opt('resume', True)}")
-    provenance = {"stimuli": source} if source else {}
+    provenance: dict[str, str | None] = {"stimuli": source} if source else {}
     if isinstance(stimuli, (str, os.PathLike)):
         provenance = {"stimuli": source_name(stimuli), "control": source_name(control) if control else None}
         stimuli = load_stimuli(stimuli, control)
     else:
         stimuli = validate_stimuli(stimuli)
     kind = modality(stimuli)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        str(model), kind, tokenizer=tokenizer, transform=transform, padding_side=padding_side,
-        trust_remote_code=trust_remote_code)
-    recorder = ActivationRecorder(loaded.model, layers, pooling, modality=kind, model_name=loaded.name,
-                                  model_class=loaded.model_class)
-    data = LocalizerDataModule(stimuli, loaded.processor, loaded.transform, batch_size=batch_size,
-                               num_workers=num_workers, max_length=max_length)
+    loaded = (
+        model
+        if isinstance(model, LoadedModel)
+        else load_model(
+            str(model),
+            kind,
+            tokenizer=tokenizer,
+            transform=transform,
+            padding_side=padding_side,
+            trust_remote_code=trust_remote_code,
+        )
+    )
+    recorder = ActivationRecorder(
+        loaded.model, layers, pooling, modality=kind, model_name=loaded.name, model_class=loaded.model_class
+    )
+    data = LocalizerDataModule(
+        stimuli,
+        loaded.processor,
+        loaded.transform,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        max_length=max_length,
+    )
     kwargs = trainer_kwargs(trainer)
-    key = {"format_version": 1, "model": source_name(loaded.name), "model_class": loaded.model_class,
-           "weights": weights_fingerprint(loaded.model), "layers": recorder.layers, "pooling": recorder.pooling,
-           "n_stimuli": len(stimuli), "stimuli": fingerprint(stimuli), "max_length": max_length,
-           "tokenizer": tokenizer, "transform": transform if isinstance(transform, str) or transform is None
-           else getattr(transform, "__qualname__", type(transform).__name__), "padding_side": padding_side,
-           "precision": str(kwargs.get("precision") or "32-true"), "nan_policy": nan_policy}
+    key = {
+        "format_version": 1,
+        "model": source_name(loaded.name),
+        "model_class": loaded.model_class,
+        "weights": weights_fingerprint(loaded.model),
+        "layers": recorder.layers,
+        "pooling": recorder.pooling,
+        "n_stimuli": len(stimuli),
+        "stimuli": fingerprint(stimuli),
+        "max_length": max_length,
+        "tokenizer": tokenizer,
+        "transform": transform
+        if isinstance(transform, str) or transform is None
+        else getattr(transform, "__qualname__", type(transform).__name__),
+        "padding_side": padding_side,
+        "precision": str(kwargs.get("precision") or "32-true"),
+        "nan_policy": nan_policy,
+    }
     mode = "fresh" if overwrite else "resume" if resume else "auto"
     if prior:
         check_partial(out, key)  # before any process starts; the writer checks again, race-free, on rank 0
-    writer = HDF5ActivationWriter(out, provenance, n_stimuli=len(stimuli), resume_key=key, mode=mode,
-                                  segment_mb=segment_mb, nan_policy=nan_policy)
+    writer = HDF5ActivationWriter(
+        out, provenance, n_stimuli=len(stimuli), resume_key=key, mode=mode, segment_mb=segment_mb, nan_policy=nan_policy
+    )
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]
     if prior:
         from lightning.pytorch.utilities import rank_zero_info
@@ -146,15 +249,15 @@ def record(model: Any, stimuli: Any, out: str | os.PathLike, *, layers: str | li
             kwargs["logger"] = TensorBoardLogger(str(log_dir), name="extract")
     trainer_ = L.Trainer(**kwargs)
     if trainer_.world_size > len(stimuli):
-        raise LocalizerError(f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most "
-                             f"{len(stimuli)} devices x nodes")
+        raise LocalizerError(
+            f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most {len(stimuli)} devices x nodes"
+        )
     trainer_.predict(recorder, datamodule=data, return_predictions=False)
     if selection is not None and prior and trainer_.is_global_zero:  # the online statistics saw only this attempt
         from localizer.selection.select import select_file
 
         select_file(out, selection, selection_options, log_dir=log_dir)
     return out
-
 
 
 def weights_fingerprint(model) -> str:

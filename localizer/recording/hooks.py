@@ -7,7 +7,8 @@ even on error. The callback sees each module's output and may return a replaceme
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,9 +46,12 @@ def replace_main_tensor(output: Any, new: torch.Tensor) -> Any:
 
 
 @contextlib.contextmanager
-def trace(model: nn.Module, layers: list[str],
-          fn: Callable[[str, torch.Tensor], torch.Tensor | None],
-          stop_after_all: bool = False) -> Iterator[None]:
+def trace(
+    model: nn.Module,
+    layers: list[str],
+    fn: Callable[[str, torch.Tensor], torch.Tensor | None],
+    stop_after_all: bool = False,
+) -> Iterator[None]:
     """Call ``fn(layer, output_tensor)`` after each named module's forward.
 
     Args:
@@ -68,6 +72,7 @@ def trace(model: nn.Module, layers: list[str],
             if stop_after_all and len(seen) == len(layers):
                 raise StopForward
             return result
+
         return hook
 
     try:

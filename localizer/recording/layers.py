@@ -25,6 +25,7 @@ TOKEN_POOLINGS = ("last", "mean")
 
 # --- layer names -------------------------------------------------------------------------------------------------
 
+
 def _glob_regex(pattern: str) -> re.Pattern:
     """``*`` matches within one dotted component, ``**`` across components, ``?`` one character."""
     out = []
@@ -88,12 +89,11 @@ def _candidates(model: nn.Module, item: str) -> str:
 
 def _repeated_containers(model: nn.Module) -> dict[str, nn.Module]:
     """ModuleList/Sequential modules holding >= 2 children, all of one class (a stack of blocks)."""
-    found = {}
+    found: dict[str, nn.Module] = {}
     for name, mod in model.named_modules():
         if isinstance(mod, (nn.ModuleList, nn.Sequential)):
             kids = list(mod.children())
-            if len(kids) >= 2 and len({type(k) for k in kids}) == 1 and \
-                    any(p.numel() for p in kids[0].parameters()):
+            if len(kids) >= 2 and len({type(k) for k in kids}) == 1 and any(p.numel() for p in kids[0].parameters()):
                 found[name] = mod
     return found
 
@@ -115,6 +115,7 @@ def auto_layers(model: nn.Module) -> list[str]:
     returns their elements. A block that only wraps another stack (a ResNet stage: ``stages.i`` → ``stages.i.layers``)
     is looked through, so a ResNet gives its residual blocks (``encoder.stages.0.layers.0``, ...).
     """
+
     def expand(prefix: str, container: nn.Module) -> list[str]:
         out = []
         for key, child in container.named_children():
@@ -131,15 +132,19 @@ def auto_layers(model: nn.Module) -> list[str]:
     for c in _block_containers(model):
         layers += expand(c, modules[c])
     if not layers:
-        raise LocalizerError("layers 'auto' found no stack of repeated blocks in this model; name the layers "
-                             f"(exact names or globs), e.g. one of: {_candidates(model, '')}")
+        raise LocalizerError(
+            "layers 'auto' found no stack of repeated blocks in this model; name the layers "
+            f"(exact names or globs), e.g. one of: {_candidates(model, '')}"
+        )
     return layers
 
 
 # --- pooling -----------------------------------------------------------------------------------------------------
 
-def pool(output: torch.Tensor, pooling: str, attention_mask: torch.Tensor | None = None,
-         layer: str = "") -> torch.Tensor:
+
+def pool(
+    output: torch.Tensor, pooling: str, attention_mask: torch.Tensor | None = None, layer: str = ""
+) -> torch.Tensor:
     """Pool one layer output into units.
 
     Args:
@@ -155,14 +160,18 @@ def pool(output: torch.Tensor, pooling: str, attention_mask: torch.Tensor | None
     x = output
     if pooling in TOKEN_POOLINGS:
         if x.dim() != 3:
-            raise LocalizerError(f"layer {layer!r}: pooling {pooling!r} needs a [batch, tokens, dim] output, "
-                                 f"got shape {tuple(x.shape)}; use 'channel' or 'flat'")
+            raise LocalizerError(
+                f"layer {layer!r}: pooling {pooling!r} needs a [batch, tokens, dim] output, "
+                f"got shape {tuple(x.shape)}; use 'channel' or 'flat'"
+            )
         if attention_mask is None:
             attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
         mask = attention_mask.to(x.device)
         if mask.shape != x.shape[:2]:
-            raise LocalizerError(f"layer {layer!r}: output has {x.shape[1]} positions but the attention mask has "
-                                 f"{mask.shape[1]}; token pooling needs one output per input token")
+            raise LocalizerError(
+                f"layer {layer!r}: output has {x.shape[1]} positions but the attention mask has "
+                f"{mask.shape[1]}; token pooling needs one output per input token"
+            )
         if pooling == "last":
             positions = torch.arange(mask.shape[1], device=mask.device)
             last = (mask.long() * (positions + 1)).argmax(dim=1)  # index of the last 1 in each row
@@ -172,8 +181,10 @@ def pool(output: torch.Tensor, pooling: str, attention_mask: torch.Tensor | None
             out = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
     elif pooling == "channel":
         if x.dim() != 4:
-            raise LocalizerError(f"layer {layer!r}: pooling 'channel' needs a [batch, channels, height, width] "
-                                 f"output, got shape {tuple(x.shape)}; use 'flat' or a token pooling")
+            raise LocalizerError(
+                f"layer {layer!r}: pooling 'channel' needs a [batch, channels, height, width] "
+                f"output, got shape {tuple(x.shape)}; use 'flat' or a token pooling"
+            )
         out = x.mean(dim=(2, 3))
     elif pooling == "flat":
         out = x.reshape(x.shape[0], -1)

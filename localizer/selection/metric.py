@@ -30,6 +30,11 @@ class UnitStatistics(Metric):
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
+    n: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+    mean_abs: torch.Tensor
+    m2_abs: torch.Tensor
 
     def __init__(self, num_units: int, num_groups: int = 2, **kwargs):
         super().__init__(**kwargs)

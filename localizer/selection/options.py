@@ -55,7 +55,7 @@ class SelectionOptions:
     count: int | None = None
     per_layer: bool = False
     fdr: float | None = None
-    range: tuple[float, float] | None = None
+    range: tuple[float, float] | str | None = None
     abs: bool = False
     alternative: str = "greater"
     controls: int = 0
@@ -77,8 +77,9 @@ class SelectionOptions:
             if isinstance(self.range, str):
                 self.range = parse_range(self.range)
             if self.range is None or not (0 <= self.range[0] < self.range[1] <= 100):
-                raise LocalizerError(f"{opt('range')} must be LOW-HIGH percentiles with 0 <= LOW < HIGH <= 100, "
-                                     f"got {self.range}")
+                raise LocalizerError(
+                    f"{opt('range')} must be LOW-HIGH percentiles with 0 <= LOW < HIGH <= 100, got {self.range}"
+                )
         if self.controls < 0:
             raise LocalizerError(f"{opt('controls')} must be >= 0, got {self.controls}")
         bad = [k for k in self.kinds if k not in CONTROL_KINDS]
@@ -86,24 +87,55 @@ class SelectionOptions:
             raise LocalizerError(f"unknown control kinds {bad}; choose from {', '.join(CONTROL_KINDS)}")
 
     @classmethod
-    def from_parameters(cls, *, top: str = "1%", per_layer: bool = False, count: int | None = None,
-                        fdr: float | None = None, range: str | None = None, bottom: bool = False, abs: bool = False,
-                        alternative: str = "greater", controls: int = 10, seed: int = 0,
-                        split_half: bool = False) -> SelectionOptions:
+    def from_parameters(
+        cls,
+        *,
+        top: str = "1%",
+        per_layer: bool = False,
+        count: int | None = None,
+        fdr: float | None = None,
+        range: str | None = None,
+        bottom: bool = False,
+        abs: bool = False,
+        alternative: str = "greater",
+        controls: int = 10,
+        seed: int = 0,
+        split_half: bool = False,
+    ) -> SelectionOptions:
         """The options from the flat parameters of :func:`localizer.select` (see :data:`PARAMETERS_DOC`)."""
-        rules = [name for name, on in (("fdr", fdr is not None), ("range", range is not None), ("bottom", bottom))
-                 if on]
+        rules = [
+            name for name, on in (("fdr", fdr is not None), ("range", range is not None), ("bottom", bottom)) if on
+        ]
         if len(rules) > 1:
-            raise LocalizerError(f"choose one of {opt('fdr')}, {opt('range')}, {opt('bottom')} "
-                                 f"(got {', '.join(rules)})")
+            raise LocalizerError(
+                f"choose one of {opt('fdr')}, {opt('range')}, {opt('bottom')} (got {', '.join(rules)})"
+            )
         if fdr is not None and count is not None:
-            raise LocalizerError(f"{opt('count')} does not apply to {opt('fdr')} (it selects every unit with q < Q "
-                                 f"and t > 0)")
+            raise LocalizerError(
+                f"{opt('count')} does not apply to {opt('fdr')} (it selects every unit with q < Q and t > 0)"
+            )
         if per_layer and (rules or count is not None):
             raise LocalizerError(f"{opt('per_layer')} works with {opt('top')} only")
-        return cls(rule=rules[0] if rules else "top", top=top, count=count, per_layer=per_layer, fdr=fdr,
-                   range=range, abs=abs, alternative=alternative, controls=controls, seed=seed,
-                   split_half=split_half)
+        return cls(
+            rule=rules[0] if rules else "top",
+            top=top,
+            count=count,
+            per_layer=per_layer,
+            fdr=fdr,
+            range=range,
+            abs=abs,
+            alternative=alternative,
+            controls=controls,
+            seed=seed,
+            split_half=split_half,
+        )
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """The ``(low, high)`` t percentiles of rule ``range``."""
+        if not isinstance(self.range, tuple):
+            raise LocalizerError(f"rule 'range' needs {opt('range')} as LOW-HIGH percentiles, got {self.range!r}")
+        return self.range
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -126,5 +158,3 @@ def parse_range(value: str) -> tuple[float, float]:
     if not m:
         raise LocalizerError(f"{opt('range')} must look like 80-90, got {value!r}")
     return float(m.group(1)), float(m.group(2))
-
-

@@ -50,9 +50,14 @@ class Selection:
         from localizer.files.selection_file import STAT_NAMES, write_selection_file
 
         return write_selection_file(
-            path, self.layout.layers, {name: self.per_layer(self.stats[name]) for name in STAT_NAMES},
-            self.per_layer(self.mask), {kind: [self.per_layer(c) for c in sets] for kind, sets in self.controls.items()},
-            self.attrs, None if self.validation_t is None else self.per_layer(self.validation_t))
+            path,
+            self.layout.layers,
+            {name: self.per_layer(self.stats[name]) for name in STAT_NAMES},
+            self.per_layer(self.mask),
+            {kind: [self.per_layer(c) for c in sets] for kind, sets in self.controls.items()},
+            self.attrs,
+            None if self.validation_t is None else self.per_layer(self.validation_t),
+        )
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> Selection:
@@ -65,6 +70,12 @@ class Selection:
         stats = {name: layout.join({layer: raw["stats"][layer][name] for layer in layers}) for name in STAT_NAMES}
         with np.errstate(invalid="ignore"):
             valid = stats["var_positive"] + stats["var_control"] > 0
-        return cls(layout, stats, valid, layout.join(raw["mask"]),
-                   {kind: [layout.join(c) for c in sets] for kind, sets in raw["controls"].items()},
-                   None if raw["validation_t"] is None else layout.join(raw["validation_t"]), raw["attrs"])
+        return cls(
+            layout,
+            stats,
+            valid,
+            layout.join(raw["mask"]),
+            {kind: [layout.join(c) for c in sets] for kind, sets in raw["controls"].items()},
+            None if raw["validation_t"] is None else layout.join(raw["validation_t"]),
+            raw["attrs"],
+        )

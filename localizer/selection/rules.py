@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from localizer.errors import LocalizerError, opt
+from localizer.errors import LocalizerError
 from localizer.selection.options import CONTROL_KINDS, SelectionOptions
 
 
@@ -37,7 +37,7 @@ class UnitLayout:
     def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Flat ``[U]`` → ``{layer: [U_layer]}``."""
         o = self.offsets
-        return {layer: flat[o[i]:o[i + 1]] for i, layer in enumerate(self.layers)}
+        return {layer: flat[o[i] : o[i + 1]] for i, layer in enumerate(self.layers)}
 
     def join(self, per_layer: dict[str, np.ndarray]) -> np.ndarray:
         return np.concatenate([np.asarray(per_layer[layer]) for layer in self.layers])
@@ -50,6 +50,7 @@ def top_k_count(percent: str, units: int) -> int:
 
 # --- selection ---------------------------------------------------------------------------------------------------
 
+
 def _ranking_score(t: np.ndarray, alternative: str) -> np.ndarray:
     return np.abs(t) if alternative == "two-sided" else t
 
@@ -61,8 +62,14 @@ def _top(score: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     return idx[order[:k]]
 
 
-def select_units(t: np.ndarray, q: np.ndarray, valid: np.ndarray, layout: UnitLayout,
-                 options: SelectionOptions, rng: np.random.Generator | None = None) -> np.ndarray:
+def select_units(
+    t: np.ndarray,
+    q: np.ndarray,
+    valid: np.ndarray,
+    layout: UnitLayout,
+    options: SelectionOptions,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
     """The flat bool mask ``[U]`` of selected units. Units with zero variance (``~valid``) are never selected."""
     U = layout.total
     score = _ranking_score(t, options.alternative)
@@ -73,11 +80,13 @@ def select_units(t: np.ndarray, q: np.ndarray, valid: np.ndarray, layout: UnitLa
         for i, units in enumerate(layout.units):
             kl = top_k_count(options.top, units)
             cand = np.zeros(U, dtype=bool)
-            cand[o[i]:o[i + 1]] = valid[o[i]:o[i + 1]]
+            cand[o[i] : o[i + 1]] = valid[o[i] : o[i + 1]]
             mask[_top(score, cand, kl)] = True
         if not mask.any():
-            raise LocalizerError(f"top {options.top}% of each layer selects no unit (layers have "
-                                 f"{min(layout.units)}..{max(layout.units)} units); raise --top")
+            raise LocalizerError(
+                f"top {options.top}% of each layer selects no unit (layers have "
+                f"{min(layout.units)}..{max(layout.units)} units); raise --top"
+            )
         return mask
     if options.rule == "fdr":
         mask = valid & (q < options.fdr) & (t > 0)
@@ -95,10 +104,10 @@ def select_units(t: np.ndarray, q: np.ndarray, valid: np.ndarray, layout: UnitLa
         idx = np.flatnonzero(valid)
         ranks = np.argsort(np.argsort(score[idx], kind="stable"), kind="stable")
         pct = 100.0 * ranks / max(len(idx) - 1, 1)
-        band = idx[(pct >= options.range[0]) & (pct <= options.range[1])]
+        low, high = options.band
+        band = idx[(pct >= low) & (pct <= high)]
         if len(band) < k:
-            raise LocalizerError(f"t percentile band {options.range[0]:g}-{options.range[1]:g} holds {len(band)} "
-                                 f"units, fewer than k = {k}")
+            raise LocalizerError(f"t percentile band {low:g}-{high:g} holds {len(band)} units, fewer than k = {k}")
         mask[rng.choice(band, size=k, replace=False)] = True
     return mask
 
@@ -116,9 +125,17 @@ def dice_chance(a: int, b: int, pool: int) -> float:
 
 # --- controls ----------------------------------------------------------------------------------------------------
 
-def draw_controls(mask: np.ndarray, valid: np.ndarray, layout: UnitLayout, mean_abs: np.ndarray, n: int,
-                  seed: int, kinds: list[str] | tuple[str, ...] = CONTROL_KINDS,
-                  neighbours: int = 5) -> dict[str, list[np.ndarray]]:
+
+def draw_controls(
+    mask: np.ndarray,
+    valid: np.ndarray,
+    layout: UnitLayout,
+    mean_abs: np.ndarray,
+    n: int,
+    seed: int,
+    kinds: list[str] | tuple[str, ...] = CONTROL_KINDS,
+    neighbours: int = 5,
+) -> dict[str, list[np.ndarray]]:
     """``n`` random control masks of each kind, all the size of ``mask``, drawn from valid non-selected units.
 
     - ``global``: uniform over the pool.
@@ -138,16 +155,19 @@ def draw_controls(mask: np.ndarray, valid: np.ndarray, layout: UnitLayout, mean_
         return out
     pool_idx = np.flatnonzero(pool)
     if len(pool_idx) < k:
-        raise LocalizerError(f"controls need {k} non-selected units but only {len(pool_idx)} are available; "
-                             f"select fewer units")
+        raise LocalizerError(
+            f"controls need {k} non-selected units but only {len(pool_idx)} are available; select fewer units"
+        )
     layer = layout.layer_of()
     per_layer = np.bincount(layer[mask], minlength=len(layout.layers))
     pools_by_layer = [np.flatnonzero(pool & (layer == i)) for i in range(len(layout.layers))]
     if "layer_matched" in kinds:
         for i, need in enumerate(per_layer):
             if need > len(pools_by_layer[i]):
-                raise LocalizerError(f"layer-matched controls need {need} non-selected units in layer "
-                                     f"{layout.layers[i]!r}, which has only {len(pools_by_layer[i])}")
+                raise LocalizerError(
+                    f"layer-matched controls need {need} non-selected units in layer "
+                    f"{layout.layers[i]!r}, which has only {len(pools_by_layer[i])}"
+                )
     by_magnitude = pool_idx[np.argsort(mean_abs[pool_idx], kind="stable")]
     sorted_mag = mean_abs[by_magnitude]
     selected = np.flatnonzero(mask)
@@ -175,10 +195,11 @@ def _magnitude_matched(selected, mean_abs, by_magnitude, sorted_mag, neighbours,
     order = order[np.argsort(-np.abs(mean_abs[order] - centre), kind="stable")]
     for unit in order:
         pos = int(np.searchsorted(sorted_mag, mean_abs[unit]))
-        lo, hi, cand = pos - 1, pos, []
+        lo, hi, cand = pos - 1, pos, list[int]()
         while len(cand) < neighbours and (lo >= 0 or hi < len(sorted_mag)):
-            take_hi = lo < 0 or (hi < len(sorted_mag) and
-                                 sorted_mag[hi] - mean_abs[unit] <= mean_abs[unit] - sorted_mag[lo])
+            take_hi = lo < 0 or (
+                hi < len(sorted_mag) and sorted_mag[hi] - mean_abs[unit] <= mean_abs[unit] - sorted_mag[lo]
+            )
             j = hi if take_hi else lo
             if take_hi:
                 hi += 1
@@ -190,5 +211,3 @@ def _magnitude_matched(selected, mean_abs, by_magnitude, sorted_mag, neighbours,
         used[j] = True
         chosen.append(by_magnitude[j])
     return np.asarray(chosen, dtype=np.int64)
-
-

@@ -12,10 +12,24 @@ from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOp
 from localizer.selection.result import Selection
 
 
-def select(activations: str, out: str, *, overwrite: bool = False, log_dir: str = "lightning_logs",
-           abs: bool = False, alternative: Alternative = "greater", top: str = "1%", per_layer: bool = False,
-           count: int | None = None, fdr: float | None = None, range: str | None = None, bottom: bool = False,
-           controls: int = 10, seed: int = 0, split_half: bool = False) -> Selection:
+def select(
+    activations: str,
+    out: str,
+    *,
+    overwrite: bool = False,
+    log_dir: str = "lightning_logs",
+    abs: bool = False,
+    alternative: Alternative = "greater",
+    top: str = "1%",
+    per_layer: bool = False,
+    count: int | None = None,
+    fdr: float | None = None,
+    range: str | None = None,
+    bottom: bool = False,
+    controls: int = 10,
+    seed: int = 0,
+    split_half: bool = False,
+) -> Selection:
     """Per-unit selectivity (Welch t, p, BH-FDR q, Cohen's d) of positive vs control stimuli from an activation
     file; select the network and matched random controls; write a selection file.
 
@@ -32,8 +46,18 @@ def select(activations: str, out: str, *, overwrite: bool = False, log_dir: str 
     from localizer.files.outputs import check_output
 
     options = SelectionOptions.from_parameters(
-        abs=abs, alternative=alternative, top=top, per_layer=per_layer, count=count, fdr=fdr, range=range,
-        bottom=bottom, controls=controls, seed=seed, split_half=split_half)
+        abs=abs,
+        alternative=alternative,
+        top=top,
+        per_layer=per_layer,
+        count=count,
+        fdr=fdr,
+        range=range,
+        bottom=bottom,
+        controls=controls,
+        seed=seed,
+        split_half=split_half,
+    )
     check_output(Path(out), overwrite)
     return select_file(activations, out, options, log_dir=log_dir)
 
@@ -41,9 +65,14 @@ def select(activations: str, out: str, *, overwrite: bool = False, log_dir: str 
 select.__doc__ = (select.__doc__ or "").replace("{selection_parameters}", PARAMETERS_DOC)
 
 
-def select_file(activations: str | os.PathLike, out: str | os.PathLike, options: SelectionOptions | None = None,
-                chunk_bytes: int = 16 << 20, log_dir: str | os.PathLike | None = "lightning_logs",
-                png_dir: str | os.PathLike | None = None) -> Selection:
+def select_file(
+    activations: str | os.PathLike,
+    out: str | os.PathLike,
+    options: SelectionOptions | None = None,
+    chunk_bytes: int = 16 << 20,
+    log_dir: str | os.PathLike | None = "lightning_logs",
+    png_dir: str | os.PathLike | None = None,
+) -> Selection:
     """Compute the selection from an activation file and write it to ``out`` (replacing it).
 
     Args:
@@ -74,26 +103,35 @@ def select_file(activations: str | os.PathLike, out: str | os.PathLike, options:
             group = torch.from_numpy((f["split"].asstr()[:] == "validation").astype(np.int64))
         stats = UnitStatistics(layout.total, 2)
         halves = UnitStatistics(layout.total, 2) if options.split_half else None
-        half_of = torch.from_numpy(half_assignment(n, options.seed)) if options.split_half else None
+        half_of = torch.from_numpy(half_assignment(n, options.seed))
         rows = max(1, chunk_bytes // (8 * max(layout.total, 1)))
         for r0 in range(0, n, rows):
             r1 = min(n, r0 + rows)
             try:
                 x = torch.from_numpy(np.concatenate([d[r0:r1] for d in dsets], axis=1))
             except OSError as e:  # a truncated or corrupt segment behind the virtual datasets
-                raise LocalizerError(f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
-                                     f"`localizer check {activations}` says which file is damaged") from e
+                raise LocalizerError(
+                    f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
+                    f"`localizer check {activations}` says which file is damaged"
+                ) from e
             if not torch.isfinite(x).all():
                 row = r0 + int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
-                raise LocalizerError(f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
-                                     f"recorded with {opt('nan_policy', 'allow')}); `localizer check` lists them")
+                raise LocalizerError(
+                    f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
+                    f"recorded with {opt('nan_policy', 'allow')}); `localizer check` lists them"
+                )
             stats.update(x, positive[r0:r1], group[r0:r1])
             if halves is not None:
                 halves.update(x, positive[r0:r1], torch.where(group[r0:r1] == LOCALIZE, half_of[r0:r1], -1))
     moments = stats.compute()
-    result = finish_selection(layout, moments, halves.compute() if halves is not None else None, options,
-                              bool(moments["signed"].n[VALIDATION].sum() > 0),
-                              {**meta, "source": str(Path(activations).resolve())})
+    result = finish_selection(
+        layout,
+        moments,
+        halves.compute() if halves is not None else None,
+        options,
+        bool(moments["signed"].n[VALIDATION].sum() > 0),
+        {**meta, "source": str(Path(activations).resolve())},
+    )
     result.write(out)
     if log_dir is not None:
         from lightning.pytorch.loggers import TensorBoardLogger

@@ -83,12 +83,19 @@ class Welch(NamedTuple):
     t: np.ndarray
     df: np.ndarray
     p: np.ndarray
-    d: np.ndarray       # Cohen's d with the pooled standard deviation
-    valid: np.ndarray   # bool: False where both classes have zero variance (t = 0, p = 1, d = 0)
+    d: np.ndarray  # Cohen's d with the pooled standard deviation
+    valid: np.ndarray  # bool: False where both classes have zero variance (t = 0, p = 1, d = 0)
 
 
-def welch(mean1: np.ndarray, var1: np.ndarray, n1: int, mean2: np.ndarray, var2: np.ndarray, n2: int,
-          alternative: str = "greater") -> Welch:
+def welch(
+    mean1: np.ndarray,
+    var1: np.ndarray,
+    n1: int,
+    mean2: np.ndarray,
+    var2: np.ndarray,
+    n2: int,
+    alternative: str = "greater",
+) -> Welch:
     """Welch t (class 1 minus class 2), Welch-Satterthwaite df, p-value and Cohen's d.
 
     Args:
@@ -106,7 +113,7 @@ def welch(mean1: np.ndarray, var1: np.ndarray, n1: int, mean2: np.ndarray, var2:
     valid = se2 > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         t = np.where(valid, (mean1 - mean2) / np.sqrt(se2), 0.0)
-        df = np.where(valid, se2 ** 2 / (a ** 2 / (n1 - 1) + b ** 2 / (n2 - 1)), np.nan)
+        df = np.where(valid, se2**2 / (a**2 / (n1 - 1) + b**2 / (n2 - 1)), np.nan)
         if alternative == "greater":
             p = special.stdtr(df, -t)
         else:
