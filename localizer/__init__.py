@@ -14,7 +14,7 @@ _NAMES = {
     "extract": "localizer.recording.extract",
     "select": "localizer.selection.select",
     "ablate": "localizer.ablation.ablate",
-    "run": "localizer.run",
+    "run": "localizer.pipeline",
     "check": "localizer.files.check",
     "Selection": "localizer.selection.result",
     "SelectionOptions": "localizer.selection.options",

@@ -95,7 +95,7 @@ def build_parser(command: str):
     elif command == "run":
         from localizer.ablation.ablate import ablate
         from localizer.recording.extract import extract, record
-        from localizer.run import NOT_FROM_EXTRACT, SELECT_OPTIONS, run
+        from localizer.pipeline import NOT_FROM_EXTRACT, SELECT_OPTIONS, run
         from localizer.selection.select import select
 
         p = _new_parser(command, run, "a YAML file, or a shipped config by name: language (the default) | faces")
@@ -257,7 +257,7 @@ def _ablate(cfg) -> int:
 
 
 def _run(cfg) -> int:
-    from localizer.run import run
+    from localizer.pipeline import run
 
     kwargs = cfg.as_dict()
     kwargs.pop("config", None)

@@ -37,13 +37,10 @@ def on_rank_zero(trainer, fn: Callable[[], Any]) -> Any:
 
 def failpoint(name: str, rank: int) -> None:
     """Fault injection for the tests: ``LOCALIZER_FAILPOINT=NAME[@RANK]`` SIGKILLs this process at ``NAME``;
-    ``LOCALIZER_FAILPOINT=NAME[@RANK]:raise`` raises ``OSError`` there instead."""
-    spec = os.environ.get("LOCALIZER_FAILPOINT")
-    if not spec:
-        return
-    spec, _, action = spec.partition(":")
-    point, _, only = spec.partition("@")
-    if point == name and (not only or int(only) == rank):
-        if action == "raise":
-            raise OSError(f"injected failure at {name} on rank {rank}")
-        os.kill(os.getpid(), signal.SIGKILL)
+    ``LOCALIZER_FAILPOINT_RAISE=NAME[@RANK]`` raises ``OSError`` there instead."""
+    for variable in ("LOCALIZER_FAILPOINT", "LOCALIZER_FAILPOINT_RAISE"):
+        point, _, only = os.environ.get(variable, "").partition("@")
+        if point == name and (not only or int(only) == rank):
+            if variable.endswith("RAISE"):
+                raise OSError(f"injected failure at {name} on rank {rank}")
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -2,55 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import random
-
 import lightning  # noqa: F401  imported here so its log handler binds pytest's session stderr, not a
 import numpy as np  # test's capsys stream that is closed after that test
 import pytest
 import torch
-
-WORDS = (
-    "the cat dog sat ran on a mat big small red blue house tree river bird sang under over quickly slowly "
-    "green old young child walked talked near far light dark stone water"
-).split()
-
-
-def make_texts(n: int, seed: int = 0) -> list[dict]:
-    """n stimuli with mixed lengths (1..15 words), alternating positive/control, 1/5 validation."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        k = rng.randint(1, 15)
-        rows.append(
-            {
-                "text": " ".join(rng.choice(WORDS) for _ in range(k)),
-                "positive": i % 2 == 0,
-                "split": "validation" if i % 5 == 3 else "localize",
-            }
-        )
-    return rows
-
-
-def write_jsonl(path, rows) -> str:
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    return str(path)
-
-
-def _tokenizer(save_dir):
-    """A small BPE tokenizer trained on the test vocabulary, saved as a transformers fast tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<pad>", "<eos>"])
-    tok.train_from_iterator([" ".join(WORDS)] * 5, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
-    fast.save_pretrained(save_dir)  # no pad token: the loader must fall back to eos, as for GPT-2
-    return fast
+from helpers import make_texts, make_tokenizer, write_jsonl
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +15,7 @@ def gpt2_dir(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     d = tmp_path_factory.mktemp("gpt2")
-    tok = _tokenizer(d)
+    tok = make_tokenizer(d)
     torch.manual_seed(0)
     cfg = GPT2Config(
         n_layer=2,
@@ -80,7 +36,7 @@ def bert_dir(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
     d = tmp_path_factory.mktemp("bert")
-    tok = _tokenizer(d)
+    tok = make_tokenizer(d)
     torch.manual_seed(1)
     cfg = BertConfig(
         num_hidden_layers=2,

@@ -17,12 +17,10 @@ from types import SimpleNamespace
 import h5py
 import numpy as np
 import pytest
-from conftest import make_texts, write_jsonl
-from test_selectivity import synthetic, write_activation_file
+from helpers import CPU_FLAGS as CPU
+from helpers import make_texts, synthetic, write_activation_file, write_jsonl
 
 from localizer.cli import main
-
-CPU = ["--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 
 
 @pytest.fixture(scope="module")

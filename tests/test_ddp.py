@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
-from conftest import make_texts, write_jsonl
+from helpers import CPU_FLAGS, file_contents, make_texts, run_cli, write_jsonl
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
-def run_cli(*args, cwd=None, extra_env=None):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "localizer", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
-
-
-def contents(path):
+def virtual_layers(path) -> dict[str, bool]:
     with h5py.File(path, "r") as f:
-        out = {"attrs": {k: v for k, v in f.attrs.items() if k != "created"}}
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[:]) if isinstance(obj, h5py.Dataset) else None)
-        virtual = {k: f["activations"][k].is_virtual for k in f["activations"]}
-    return out, virtual
+        return {k: f["activations"][k].is_virtual for k in f["activations"]}
 
 
 @pytest.mark.parametrize("n,batch", [(37, 4), (21, 5)])
@@ -56,8 +41,8 @@ def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
     two = run_cli(*common, "--out", tmp_path / "two.h5", "--trainer.devices", 2, "--trainer.strategy", "ddp")
     assert two.returncode == 0, two.stderr[-3000:]
 
-    a, _ = contents(tmp_path / "one.h5")
-    b, virtual = contents(tmp_path / "two.h5")
+    a, b = file_contents(tmp_path / "one.h5"), file_contents(tmp_path / "two.h5")
+    virtual = virtual_layers(tmp_path / "two.h5")
     assert all(virtual.values()) and len(virtual) == 2
     assert sorted(a) == sorted(b)
     assert a.pop("attrs") == b.pop("attrs")
@@ -136,8 +121,7 @@ def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_pat
     assert off.returncode == 0, off.stderr[-3000:]
     runs["offline"] = read_selection_file(tmp_path / "off_sel.h5")
 
-    a, _ = contents(tmp_path / "one.h5")
-    b, _ = contents(tmp_path / "two.h5")
+    a, b = file_contents(tmp_path / "one.h5"), file_contents(tmp_path / "two.h5")
     for name in a:
         if name != "attrs":
             np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -221,3 +205,22 @@ def test_ablation_two_processes_count_every_sample_once(gpt2_dir, tmp_path):
             assert b["accuracy"] == a["accuracy"]
             assert b["cross_entropy"] == pytest.approx(a["cross_entropy"], rel=1e-9)
     assert (tmp_path / "lightning_logs" / "ablate").is_dir()
+
+
+@pytest.mark.parametrize(("point", "written"), [("before-master", []), ("before-selection-write", ["a.h5"])])
+def test_a_failure_on_rank_zero_reaches_every_rank(gpt2_dir, tmp_path, point, written):
+    """An OSError injected on rank 0 while it writes for everyone (the master file, the selection file) ends both
+    ranks with the same one-line error, exit code 2: nobody waits in a collective for a rank that gave up."""
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(12, seed=3))
+    r = run_cli(
+        "extract", "--model", gpt2_dir, "--stimuli", stimuli, "--out", tmp_path / "a.h5", "--selection",
+        tmp_path / "sel.h5", "--count", 3, "--batch-size", 2, "--layers", "transformer.h.0", *CPU_FLAGS,
+        "--trainer.devices", 2, "--trainer.strategy", "ddp", cwd=tmp_path, timeout=300,
+        extra_env={"LOCALIZER_FAILPOINT_RAISE": f"{point}@0", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("localizer extract: error:")]
+    assert len(errors) == 2, r.stderr[-3000:]  # rank 0 and rank 1, each in one line
+    assert all(f"OSError: injected failure at {point} on rank 0" in line for line in errors), errors
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == written
+    assert not list(tmp_path.glob("*.tmp"))

@@ -97,7 +97,7 @@ def test_print_config_and_shipped_configs(capsys):
 
 def test_run_continues_a_killed_extraction_and_restarts_a_foreign_one(gpt2_dir, text_file, tmp_path, capsys, caplog):
     from localizer import extract
-    from localizer.run import _extract_or_resume
+    from localizer.pipeline import _extract_or_resume
 
     cpu = {"accelerator": "cpu", "enable_progress_bar": False}
     path = tmp_path / "activations.h5"

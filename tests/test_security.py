@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from conftest import make_texts, write_jsonl
+from helpers import make_texts, write_jsonl
 
 from localizer.cli import main
 

@@ -136,38 +136,42 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
             split[info["index"]] = info["split"]
 
     tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        group = f.create_group("activations")
-        for layer in layers:
-            layout = h5py.VirtualLayout(shape=(n_stimuli, units[layer]), dtype=np.float32)
-            for info in infos:
-                rows = len(info["index"])
-                if not rows:
-                    continue
-                rel = os.path.relpath(info["path"], out.parent)
-                source = h5py.VirtualSource(rel, f"activations/{layer}", shape=(rows, units[layer]))
-                for row0, idx0, count, stride in strided_runs(info["index"]):
-                    layout[idx0 : idx0 + (count - 1) * stride + 1 : stride] = source[row0 : row0 + count]
-            group.create_virtual_dataset(layer, layout, fillvalue=np.nan)
-        f.create_dataset("index", data=np.arange(n_stimuli, dtype=np.int64))
-        f.create_dataset("positive", data=positive)
-        if split is not None:
-            f.create_dataset("split", data=split.astype(object), dtype=STRING)
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["model"] = str(metadata.get("model", ""))
-        f.attrs["model_class"] = str(metadata.get("model_class", ""))
-        f.attrs["pooling"] = str(metadata.get("pooling", ""))
-        f.attrs["layers"] = json.dumps(layers)
-        f.attrs["n_stimuli"] = n_stimuli
-        f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for key, value in metadata.items():  # extra provenance, e.g. the stimulus source
-            if key not in ("layers", "model", "model_class", "pooling") and value is not None:
-                f.attrs[key] = str(value)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, out)
+    try:
+        with h5py.File(tmp, "w") as f:
+            group = f.create_group("activations")
+            for layer in layers:
+                layout = h5py.VirtualLayout(shape=(n_stimuli, units[layer]), dtype=np.float32)
+                for info in infos:
+                    rows = len(info["index"])
+                    if not rows:
+                        continue
+                    rel = os.path.relpath(info["path"], out.parent)
+                    source = h5py.VirtualSource(rel, f"activations/{layer}", shape=(rows, units[layer]))
+                    for row0, idx0, count, stride in strided_runs(info["index"]):
+                        layout[idx0 : idx0 + (count - 1) * stride + 1 : stride] = source[row0 : row0 + count]
+                group.create_virtual_dataset(layer, layout, fillvalue=np.nan)
+            f.create_dataset("index", data=np.arange(n_stimuli, dtype=np.int64))
+            f.create_dataset("positive", data=positive)
+            if split is not None:
+                f.create_dataset("split", data=split.astype(object), dtype=STRING)
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["model"] = str(metadata.get("model", ""))
+            f.attrs["model_class"] = str(metadata.get("model_class", ""))
+            f.attrs["pooling"] = str(metadata.get("pooling", ""))
+            f.attrs["layers"] = json.dumps(layers)
+            f.attrs["n_stimuli"] = n_stimuli
+            f.attrs["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            for key, value in metadata.items():  # extra provenance, e.g. the stimulus source
+                if key not in ("layers", "model", "model_class", "pooling") and value is not None:
+                    f.attrs[key] = str(value)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(tmp, out)
+    except BaseException:  # never leave a half-written master behind (a crash leaves at most this .tmp)
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(out.parent)
     for stale in segment_dir(out).glob("*.part"):
         stale.unlink()

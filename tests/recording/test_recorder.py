@@ -8,10 +8,9 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import CPU
 
 from localizer import extract
-
-CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 
 
 def read(path):

@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import make_texts, write_jsonl
+from helpers import CPU, make_texts, write_jsonl
 
 from localizer import extract
 from localizer.ablation.ablate import run_ablation
@@ -16,8 +16,6 @@ from localizer.ablation.summary import control_statistics
 from localizer.files.selection_file import read_selection_file
 from localizer.selection import SelectionOptions
 from localizer.selection.select import select_file
-
-CPU = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False}
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from conftest import make_texts, write_jsonl
+from helpers import make_texts, write_jsonl
 
 from localizer.cli import main
 from localizer.errors import LocalizerError

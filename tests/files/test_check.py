@@ -7,7 +7,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import make_texts, write_jsonl
+from helpers import make_texts, write_jsonl
 
 from localizer.cli import main
 

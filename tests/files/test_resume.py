@@ -19,7 +19,7 @@ import time
 import h5py
 import numpy as np
 import pytest
-from conftest import make_texts, write_jsonl
+from helpers import file_contents, make_texts, write_jsonl
 
 N = 30
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -59,13 +59,6 @@ def run(cmd, failpoint=None):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def contents(path):
-    with h5py.File(path, "r") as f:
-        out = {"attrs": {k: v for k, v in f.attrs.items() if k != "created"}}
-        f.visititems(lambda name, obj: out.__setitem__(name, obj[:]) if isinstance(obj, h5py.Dataset) else None)
-    return out
-
-
 def assert_same(a, b):
     assert sorted(a) == sorted(b)
     assert a["attrs"].keys() == b["attrs"].keys()
@@ -92,7 +85,7 @@ def setup(gpt2_dir, tmp_path_factory):
     stimuli = write_jsonl(d / "s.jsonl", make_texts(N, seed=5))
     r = run(command(gpt2_dir, stimuli, d / "ref.h5"))
     assert r.returncode == 0, r.stderr[-3000:]
-    ref = contents(d / "ref.h5")
+    ref = file_contents(d / "ref.h5")
     assert not np.isnan(ref["activations/transformer.h.1"]).any()
     return gpt2_dir, stimuli, ref
 
@@ -117,7 +110,7 @@ def test_killed_twice_then_resumed(setup, tmp_path):
 
     third = run(cmd + ["--resume"])
     assert third.returncode == 0, third.stderr[-3000:]
-    assert_same(contents(out), ref)
+    assert_same(file_contents(out), ref)
     rows = rows_by_attempt(out)
     assert sorted(sum(rows.values(), [])) == list(range(N))  # every row recorded once, none recomputed and kept
     assert set(rows[0]) == set(done0) and len(rows) == 3
@@ -136,7 +129,7 @@ def test_killed_before_the_master_rename(setup, tmp_path):
     assert sorted(rows_by_attempt(out)[0]) == list(range(N))
     second = run(cmd)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert_same(contents(out), ref)
+    assert_same(file_contents(out), ref)
     assert list(rows_by_attempt(out)) == [0] and not (tmp_path / "b.h5.tmp").exists()  # nothing re-recorded
     again = run(cmd + ["--resume"])
     assert again.returncode == 0 and "is complete; nothing to resume" in again.stderr + again.stdout
@@ -159,7 +152,7 @@ def test_killed_from_outside_while_running_and_resumed_by_two_processes(setup, t
     resumed = run(cmd + ["--trainer.devices", "2", "--trainer.strategy", "ddp"])  # resumed by 2 processes
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming {out}" in resumed.stderr + resumed.stdout
-    assert_same(contents(out), ref)
+    assert_same(file_contents(out), ref)
     rows = rows_by_attempt(out)
     assert sorted(sum(rows.values(), [])) == list(range(N))
     assert {int(p.name.split("-")[2]) for p in (tmp_path / "c.h5.shards").glob("part-0001-*.h5")} == {0, 1}
@@ -177,7 +170,7 @@ def test_one_ddp_rank_killed(setup, tmp_path):
     assert any(i % 2 == 1 for i in done0), (done0, log)  # rank 1 had committed rows before it died
     second = run(cmd)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert_same(contents(out), ref)
+    assert_same(file_contents(out), ref)
     rows = rows_by_attempt(out)
     assert sorted(sum(rows.values(), [])) == list(range(N)) and set(rows[0]) == set(done0)
 
@@ -206,7 +199,7 @@ def test_rank_zero_killed_the_other_rank_stops_and_the_rerun_resumes(setup, tmp_
     assert "localizer extract: error: rank 1: " in first.stderr  # rank 1 stopped with its own one-line error
     second = run(cmd)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert_same(contents(out), ref)
+    assert_same(file_contents(out), ref)
 
 
 def test_a_second_run_into_a_busy_folder_is_refused(setup, tmp_path):
@@ -228,7 +221,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(setup, tmp_path):
     os.close(fd)
     done = run(command(gpt2_dir, stimuli, out))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert_same(contents(out), ref)
+    assert_same(file_contents(out), ref)
 
 
 def test_a_rank_whose_launcher_died_stops_at_its_next_batch(tmp_path):

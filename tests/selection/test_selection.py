@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
-import h5py
 import numpy as np
 import pytest
+from helpers import synthetic, write_activation_file
 from scipy import stats
 
 from localizer.cli import main
@@ -14,49 +12,6 @@ from localizer.files.selection_file import read_selection_file
 from localizer.selection import SelectionOptions
 from localizer.selection.metric import half_assignment
 from localizer.selection.select import select_file
-
-
-def write_activation_file(path, layers: dict[str, np.ndarray], positive, split=None):
-    """An activation file in the documented format, written with plain h5py (independent of localizer)."""
-    n = len(positive)
-    with h5py.File(path, "w") as f:
-        for name, x in layers.items():
-            f.create_dataset(f"activations/{name}", data=x.astype(np.float32))
-        f["positive"] = np.asarray(positive, dtype=bool)
-        f["index"] = np.arange(n, dtype=np.int64)
-        if split is not None:
-            f.create_dataset("split", data=np.asarray(split, dtype=object), dtype=h5py.string_dtype())
-        f.attrs.update(
-            {
-                "format_version": 1,
-                "model": "synthetic",
-                "model_class": "none",
-                "pooling": "last",
-                "layers": json.dumps(list(layers)),
-                "n_stimuli": n,
-                "created": "now",
-            }
-        )
-    return path
-
-
-def synthetic(seed=0, n_pos=41, n_ctl=36, units=(50, 70, 30), offset=1e4, planted=()):
-    """Activations with a large common offset (|mean| >> std), per-unit scales over 4 decades, and ``planted``
-    flat unit indices shifted up for positive stimuli; the last unit of every layer is constant."""
-    rng = np.random.default_rng(seed)
-    n = n_pos + n_ctl
-    positive = np.zeros(n, dtype=bool)
-    positive[rng.choice(n, n_pos, replace=False)] = True
-    total = sum(units)
-    scale = 10 ** rng.uniform(-2, 2, total)
-    x = offset + rng.normal(size=(n, total)) * scale
-    for u in planted:
-        x[positive, u] += 3 * scale[u]
-    bounds = np.cumsum(units)
-    for b in bounds:
-        x[:, b - 1] = offset  # zero variance in both classes
-    layers = {f"block.{i}": x[:, b - u : b] for i, (u, b) in enumerate(zip(units, bounds))}
-    return layers, positive
 
 
 def rel(a, b):
