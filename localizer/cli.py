@@ -94,8 +94,8 @@ def build_parser(command: str):
         _add_trainer(p)
     elif command == "run":
         from localizer.ablation.ablate import ablate
-        from localizer.recording.extract import extract, record
         from localizer.pipeline import NOT_FROM_EXTRACT, SELECT_OPTIONS, run
+        from localizer.recording.extract import extract, record
         from localizer.selection.select import select
 
         p = _new_parser(command, run, "a YAML file, or a shipped config by name: language (the default) | faces")
