@@ -96,8 +96,8 @@ def paired(a, b, repeats: int):
 
 def bench_extraction(work: Path, args) -> dict:
     """localizer extract (Trainer + hooks + pooling + HDF5) vs a bare ``model(**batch)`` loop over the same batches."""
-    from localizer import extract
     from localizer.recording.datamodule import LocalizerDataModule
+    from localizer.recording.extract import record as extract  # takes a loaded model and a dataset
     from localizer.recording.models import load_model
 
     n = args.extraction_n or (512 if args.quick else 2048)
@@ -171,7 +171,7 @@ def llm_localization(model, tokenizer, data, layers):
 
 
 def bench_versus_peer(work: Path, args) -> dict:
-    from localizer import extract
+    from localizer.recording.extract import record as extract  # takes a loaded model and a dataset
     from localizer.recording.models import load_model
     from localizer.selection import SelectionOptions
     from localizer.selection.select import select_file
@@ -341,7 +341,9 @@ def bench_select(work: Path, args) -> dict:
             str(work / "tb"),
         ]
     )
-    base = peak_rss_cli([sys.executable, "-c", "import localizer.selectivity, localizer.cli, lightning, matplotlib"])
+    base = peak_rss_cli(
+        [sys.executable, "-c", "import localizer.selection.select, localizer.cli, lightning, matplotlib"]
+    )
     return {
         "name": f"select from disk: {size:.2f} GB file, throughput vs a plain chunked h5py read",
         "ratio": t_read / t_sel,

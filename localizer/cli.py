@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localizer {argv[0]}: interrupted", file=sys.stderr)
         return 130
     finally:
+        speak_options(False)  # a Python caller of main() gets parameter names in later library errors again
         _end_distributed()
 
 

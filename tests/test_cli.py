@@ -183,3 +183,20 @@ def test_one_function_per_command_on_the_package():
         function = getattr(localizer, command)
         assert callable(function) and function.__doc__, command
     assert localizer.Selection.read and localizer.Selection.write
+
+
+def test_library_errors_name_parameters_and_the_cli_names_options(tmp_path, capsys):
+    from helpers import synthetic, write_activation_file
+
+    layers, positive = synthetic(n_pos=6, n_ctl=6, units=(20,))
+    acts = write_activation_file(tmp_path / "a.h5", layers, positive)
+    (tmp_path / "s.h5").write_bytes(b"not mine")
+    with pytest.raises(localizer.LocalizerError, match=r"exists; pass overwrite=True to replace it"):
+        localizer.select(str(acts), str(tmp_path / "s.h5"), log_dir=None)
+    with pytest.raises(localizer.LocalizerError, match=r"count must be >= 1"):
+        localizer.select(str(acts), str(tmp_path / "t.h5"), count=0, log_dir=None)
+    assert main(["select", "--activations", str(acts), "--out", str(tmp_path / "s.h5")]) == 2
+    assert "exists; pass --overwrite to replace it" in capsys.readouterr().err
+    with pytest.raises(localizer.LocalizerError, match=r"pass overwrite=True"):  # main() did not change the library
+        localizer.select(str(acts), str(tmp_path / "s.h5"), log_dir=None)
+    assert (tmp_path / "s.h5").read_bytes() == b"not mine"

@@ -28,7 +28,7 @@ def ablate(
     batch_size: int = 16,
     max_length: Optional[int] = None,
     num_workers: int = 0,
-    log_dir: str = "lightning_logs",
+    log_dir: Optional[str] = "lightning_logs",
     trust_remote_code: bool = False,
     trainer: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def ablate(
         batch_size: task rows per batch.
         max_length: truncate texts to this many tokens, special tokens included.
         num_workers: DataLoader worker processes.
-        log_dir: TensorBoard folder (an ablate/ run is added).
+        log_dir: TensorBoard folder (an ablate/ run is added; null: no logs).
         trust_remote_code: allow code shipped with a hub model to run.
         trainer: Lightning Trainer options (accelerator, devices, strategy, num_nodes, precision, ...).
 

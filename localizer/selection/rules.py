@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from localizer.errors import LocalizerError
+from localizer.errors import LocalizerError, opt
 from localizer.selection.options import CONTROL_KINDS, SelectionOptions
 
 
@@ -85,14 +85,16 @@ def select_units(
         if not mask.any():
             raise LocalizerError(
                 f"top {options.top}% of each layer selects no unit (layers have "
-                f"{min(layout.units)}..{max(layout.units)} units); raise --top"
+                f"{min(layout.units)}..{max(layout.units)} units); raise {opt('top')}"
             )
         return mask
     if options.rule == "fdr":
         mask = valid & (q < options.fdr) & (t > 0)
         return mask
     if k == 0:
-        raise LocalizerError(f"top {options.top}% of {U} units is k = 0 units; raise --top or use --count")
+        raise LocalizerError(
+            f"top {options.top}% of {U} units is k = 0 units; raise {opt('top')} or use {opt('count')}"
+        )
     if k > int(valid.sum()):
         raise LocalizerError(f"cannot select {k} units: only {int(valid.sum())} units vary")
     if options.rule == "top":

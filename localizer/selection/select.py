@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 from localizer.errors import LocalizerError, first_line, opt
 from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOptions
@@ -17,7 +18,7 @@ def select(
     out: str,
     *,
     overwrite: bool = False,
-    log_dir: str = "lightning_logs",
+    log_dir: Optional[str] = "lightning_logs",
     abs: bool = False,
     alternative: Alternative = "greater",
     top: str = "1%",
@@ -37,7 +38,7 @@ def select(
         activations: the activation file written by localizer extract.
         out: the selection file to write (.h5).
         overwrite: replace an existing out.
-        log_dir: TensorBoard folder (a select/ run is added).
+        log_dir: TensorBoard folder (a select/ run is added; null: no logs).
         {selection_parameters}
 
     Returns:

@@ -136,6 +136,7 @@ def _many_segments(out, n_segments=70, rows=2):
     return table
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hard_too", [False, True])
 def test_more_segments_than_the_open_file_limit(tmp_path, hard_too):
     """HDF5 reads an unopenable virtual-dataset source as NaN, silently: readers raise the soft limit, and a hard

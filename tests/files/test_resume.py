@@ -90,6 +90,7 @@ def setup(gpt2_dir, tmp_path_factory):
     return gpt2_dir, stimuli, ref
 
 
+@pytest.mark.slow
 def test_killed_twice_then_resumed(setup, tmp_path):
     gpt2_dir, stimuli, ref = setup
     out = tmp_path / "a.h5"
@@ -117,6 +118,7 @@ def test_killed_twice_then_resumed(setup, tmp_path):
     assert not list((tmp_path / "a.h5.shards").glob("*.part"))
 
 
+@pytest.mark.slow
 def test_killed_before_the_master_rename(setup, tmp_path):
     gpt2_dir, stimuli, ref = setup
     out = tmp_path / "b.h5"
@@ -135,6 +137,8 @@ def test_killed_before_the_master_rename(setup, tmp_path):
     assert again.returncode == 0 and "is complete; nothing to resume" in again.stderr + again.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_killed_from_outside_while_running_and_resumed_by_two_processes(setup, tmp_path):
     gpt2_dir, stimuli, ref = setup
     out = tmp_path / "c.h5"
@@ -158,6 +162,8 @@ def test_killed_from_outside_while_running_and_resumed_by_two_processes(setup, t
     assert {int(p.name.split("-")[2]) for p in (tmp_path / "c.h5.shards").glob("part-0001-*.h5")} == {0, 1}
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_one_ddp_rank_killed(setup, tmp_path):
     gpt2_dir, stimuli, ref = setup
     out = tmp_path / "d.h5"
@@ -175,6 +181,8 @@ def test_one_ddp_rank_killed(setup, tmp_path):
     assert sorted(sum(rows.values(), [])) == list(range(N)) and set(rows[0]) == set(done0)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_rank_zero_killed_the_other_rank_stops_and_the_rerun_resumes(setup, tmp_path):
     """Lightning stops the job when a child rank dies, not when rank 0 does: rank 1 then stops by itself (its
     launcher is gone at its next batch, or the final barrier fails) and releases the folder's lock; the rerun
@@ -202,6 +210,7 @@ def test_rank_zero_killed_the_other_rank_stops_and_the_rerun_resumes(setup, tmp_
     assert_same(file_contents(out), ref)
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_is_refused(setup, tmp_path):
     import fcntl
 
@@ -224,6 +233,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(setup, tmp_path):
     assert_same(file_contents(out), ref)
 
 
+@pytest.mark.slow
 def test_a_rank_whose_launcher_died_stops_at_its_next_batch(tmp_path):
     """The check behind the test above, at the batch where it fires (which batch that is depends on timing there)."""
     import torch
@@ -240,6 +250,7 @@ def test_a_rank_whose_launcher_died_stops_at_its_next_batch(tmp_path):
     assert not (tmp_path / "x.h5.shards").exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_an_unreadable_segment_is_named_and_the_folder_is_not_left_locked(setup, tmp_path):
     from localizer import extract
     from localizer.errors import LocalizerError
