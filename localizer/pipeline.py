@@ -13,22 +13,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from localizer.errors import LocalizerError, opt
+from localizer.selection.options import PARAMETERS as SELECT_OPTIONS
 
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
 NOT_FROM_EXTRACT = {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}
-SELECT_OPTIONS = (
-    "abs",
-    "alternative",
-    "top",
-    "per_layer",
-    "count",
-    "fdr",
-    "range",
-    "bottom",
-    "controls",
-    "seed",
-    "split_half",
-)
 ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "num_workers", "tasks")
 
 
@@ -82,7 +70,10 @@ def run(
         if unknown:
             raise LocalizerError(f"run: unknown {name} options {unknown}; choose from {', '.join(sorted(known))}")
     trainer = _one_process(dict(trainer or {}))
-    options = SelectionOptions.from_parameters(**{k: v for k, v in (select or {}).items()})
+    from localizer.selection.select import select as select_step
+
+    defaults = {name: p.default for name, p in inspect.signature(select_step).parameters.items()}
+    options = SelectionOptions.from_parameters({**defaults, **(select or {})})
     ablate = dict(ablate or {})
     tasks = ablate.pop("tasks", None) or []
     for spec in tasks:

@@ -148,19 +148,7 @@ def test_run_exposes_every_option_of_its_steps_with_their_defaults():
         for name, parameter in inspect.signature(step).parameters.items():
             if name in skip or name in ("log_dir", "trust_remote_code", "trainer") and prefix == "ablate.":
                 continue
-            if prefix == "" and name in (
-                "abs",
-                "alternative",
-                "top",
-                "per_layer",
-                "count",
-                "fdr",
-                "range",
-                "bottom",
-                "controls",
-                "seed",
-                "split_half",
-            ):
+            if prefix == "" and name in inspect.signature(localizer.select).parameters:
                 continue  # selection options of extract: run takes them as --select.*
             assert f"--{prefix}{name}" in option_actions(run), f"run lacks --{prefix}{name}"
             assert defaults[f"{prefix}{name}"] == parameter.default, f"--{prefix}{name}"

@@ -80,23 +80,7 @@ def extract(
     Returns:
         the path of the activation file.
     """
-    options = (
-        SelectionOptions.from_parameters(
-            abs=abs,
-            alternative=alternative,
-            top=top,
-            per_layer=per_layer,
-            count=count,
-            fdr=fdr,
-            range=range,
-            bottom=bottom,
-            controls=controls,
-            seed=seed,
-            split_half=split_half,
-        )
-        if selection is not None
-        else None
-    )
+    options = SelectionOptions.from_parameters(locals()) if selection is not None else None
     return record(
         model,
         stimuli,

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 from localizer.errors import LocalizerError, opt
 
 CONTROL_KINDS = ("global", "layer_matched", "magnitude_matched")
+# the selection parameters of localizer.select (and of extract, and run's --select.*), in signature order
+PARAMETERS = ("abs", "alternative", "top", "per_layer", "count", "fdr", "range", "bottom", "controls", "seed",
+              "split_half")  # fmt: skip
 Alternative = Literal["greater", "two-sided"]
 
 # The docstring of the selection parameters, shared by every function that takes them (and so by their --help).
@@ -87,48 +91,24 @@ class SelectionOptions:
             raise LocalizerError(f"unknown control kinds {bad}; choose from {', '.join(CONTROL_KINDS)}")
 
     @classmethod
-    def from_parameters(
-        cls,
-        *,
-        top: str = "1%",
-        per_layer: bool = False,
-        count: int | None = None,
-        fdr: float | None = None,
-        range: str | None = None,
-        bottom: bool = False,
-        abs: bool = False,
-        alternative: str = "greater",
-        controls: int = 10,
-        seed: int = 0,
-        split_half: bool = False,
-    ) -> SelectionOptions:
-        """The options from the flat parameters of :func:`localizer.select` (see :data:`PARAMETERS_DOC`)."""
-        rules = [
-            name for name, on in (("fdr", fdr is not None), ("range", range is not None), ("bottom", bottom)) if on
-        ]
+    def from_parameters(cls, values: Mapping[str, Any]) -> SelectionOptions:
+        """The options from the flat selection parameters of :func:`localizer.select` (:data:`PARAMETERS`, all of them
+        present in ``values``; other keys are ignored), which name the rule by which option is set."""
+        v = {name: values[name] for name in PARAMETERS}
+        rules = [rule for rule, on in (("fdr", v["fdr"] is not None), ("range", v["range"] is not None),
+                                       ("bottom", v["bottom"])) if on]  # fmt: skip
         if len(rules) > 1:
             raise LocalizerError(
                 f"choose one of {opt('fdr')}, {opt('range')}, {opt('bottom')} (got {', '.join(rules)})"
             )
-        if fdr is not None and count is not None:
+        if v["fdr"] is not None and v["count"] is not None:
             raise LocalizerError(
                 f"{opt('count')} does not apply to {opt('fdr')} (it selects every unit with q < Q and t > 0)"
             )
-        if per_layer and (rules or count is not None):
+        if v["per_layer"] and (rules or v["count"] is not None):
             raise LocalizerError(f"{opt('per_layer')} works with {opt('top')} only")
-        return cls(
-            rule=rules[0] if rules else "top",
-            top=top,
-            count=count,
-            per_layer=per_layer,
-            fdr=fdr,
-            range=range,
-            abs=abs,
-            alternative=alternative,
-            controls=controls,
-            seed=seed,
-            split_half=split_half,
-        )
+        v.pop("bottom")
+        return cls(rule=rules[0] if rules else "top", **v)
 
     @property
     def band(self) -> tuple[float, float]:

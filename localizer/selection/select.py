@@ -46,19 +46,7 @@ def select(
     """
     from localizer.files.outputs import check_output
 
-    options = SelectionOptions.from_parameters(
-        abs=abs,
-        alternative=alternative,
-        top=top,
-        per_layer=per_layer,
-        count=count,
-        fdr=fdr,
-        range=range,
-        bottom=bottom,
-        controls=controls,
-        seed=seed,
-        split_half=split_half,
-    )
+    options = SelectionOptions.from_parameters(locals())
     check_output(Path(out), overwrite)
     return select_file(activations, out, options, log_dir=log_dir)
 
