@@ -20,7 +20,7 @@ from localizer.selection.rules import UnitLayout, dice, dice_chance, draw_contro
 from localizer.selection.statistics import Moments, fdr_bh, variance, welch
 
 
-def unit_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alternative: str) -> dict[str, Any]:
+def welch_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alternative: str) -> dict[str, Any]:
     """Welch statistics of one group (positive vs control) from :meth:`UnitStatistics.compute` output.
 
     Returns flat ``[U]`` arrays ``t, p, d, df, valid, mean_positive, mean_control, var_positive, var_control,
@@ -70,7 +70,7 @@ def finish_selection(
     meta: dict[str, Any],
 ) -> Selection:
     """Statistics → q (BH over all units of all layers) → mask → controls (+ validation t and split-half Dice)."""
-    s = unit_statistics(moments, LOCALIZE, options.abs, options.alternative)
+    s = welch_statistics(moments, LOCALIZE, options.abs, options.alternative)
     s["q"] = fdr_bh(s["p"])
     valid = s["valid"]
     rng = np.random.default_rng(options.seed)
@@ -86,7 +86,7 @@ def finish_selection(
                 stacklevel=2,
             )
         else:
-            validation_t = unit_statistics(moments, VALIDATION, options.abs, options.alternative)["t"]
+            validation_t = welch_statistics(moments, VALIDATION, options.abs, options.alternative)["t"]
     attrs = {
         "selection": options.to_json(),
         "abs": options.abs,
@@ -99,7 +99,7 @@ def finish_selection(
     if halves is not None:
         masks = []
         for g in (0, 1):
-            h = unit_statistics(halves, g, options.abs, options.alternative)
+            h = welch_statistics(halves, g, options.abs, options.alternative)
             h["q"] = fdr_bh(h["p"])
             masks.append(select_units(h["t"], h["q"], h["valid"], layout, options, np.random.default_rng(options.seed)))
         attrs["dice_split_half"] = dice(*masks)
