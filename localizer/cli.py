@@ -196,6 +196,11 @@ def explain(message: str) -> str:
     key = re.search(r'(?:Parser key|Key) "([^"]+)"', message)
     if key and "is required" in message:
         return f"option --{key.group(1)} is required"
+    if key and key.group(1) == "config":
+        detail = " ".join(re.sub(r'^\s*Parser key "config":', "", message).split())
+        return f"option --config: {detail}"
+    if message.startswith("Unexpected config"):
+        return f"option --config: not a YAML mapping of options ({' '.join(message.split())})"
     if key:
         value = re.search(r"(?:Got value|Given value): (.*)", message)
         literal = re.search(r"Literal\[(.*?)\]", message)

@@ -116,6 +116,8 @@ def test_errors_name_the_option_the_value_and_what_is_allowed(capsys):
     )
     assert main(["select", "--out", "s.h5"]) == 2
     assert "missing required option --activations" in capsys.readouterr().err
+    assert main(["run", "--config", "no-such-config.yaml"]) == 2
+    assert "option --config: File does not exist" in capsys.readouterr().err
 
 
 def printed_config(capsys, *argv) -> dict:
