@@ -1,4 +1,4 @@
-"""Build the shipped language localizer files (run once; the outputs are committed under localizer/data/).
+"""Build the shipped language localizer files (run once; the outputs are committed under localizer/resources/).
 
 - language.jsonl: every sentence of sentences.txt (positive) and one length-matched non-word string per sentence
   (control): same number of words, each pseudoword of about the same length as the word it replaces, built from the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from wordfreq import zipf_frequency
 
-DATA = Path(__file__).resolve().parents[1] / "localizer" / "data"
+DATA = Path(__file__).resolve().parents[1] / "localizer" / "resources"
 VOWELS = "aeiouy"
 CHUNK = re.compile(r"[^aeiouy]*[aeiouy]+|[^aeiouy]+$")
 

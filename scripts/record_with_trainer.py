@@ -1,7 +1,7 @@
 """Record activations with the Lightning pieces directly — the same job as `localizer extract`, step by step.
 
     .venv/bin/python scripts/record_with_trainer.py --model minilm-l6 \
-        --stimuli localizer/data/example_language.jsonl --out outputs/example_trainer.h5 [--devices 2]
+        --stimuli localizer/resources/example_language.jsonl --out outputs/example_trainer.h5 [--devices 2]
 """
 
 import argparse
@@ -15,7 +15,7 @@ from localizer import ActivationRecorder, HDF5ActivationWriter, LocalizerDataMod
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--stimuli", default="localizer/data/example_language.jsonl")
+    parser.add_argument("--stimuli", default="localizer/resources/example_language.jsonl")
     parser.add_argument("--out", default="outputs/example_trainer.h5")
     parser.add_argument("--layers", default="auto")
     parser.add_argument("--devices", type=int, default=1)
