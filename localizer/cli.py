@@ -62,7 +62,9 @@ def _description(fn: Callable) -> str:
 def _new_parser(command: str, fn: Callable, config_help: str = "a YAML file with any of these options"):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    p = ArgumentParser(prog=f"localizer {command}", exit_on_error=False, description=_description(fn))
+    p = ArgumentParser(
+        prog=f"localizer {command}", exit_on_error=False, allow_abbrev=False, description=_description(fn)
+    )
     p.add_argument("--config", action=ActionConfigFile, help=config_help)
     return p
 
@@ -93,9 +95,12 @@ def build_parser(command: str):
         p.add_function_arguments(ablate, skip={"trainer"}, as_group=False)
         _add_trainer(p)
     elif command == "run":
+        import yaml
+
         from localizer.ablation.ablate import ablate
         from localizer.pipeline import NOT_FROM_EXTRACT, SELECT_OPTIONS, run
         from localizer.recording.extract import extract, record
+        from localizer.resources import read_text
         from localizer.selection.select import select
 
         p = _new_parser(command, run, "a YAML file, or a shipped config by name: language (the default) | faces")
@@ -106,6 +111,9 @@ def build_parser(command: str):
         p.add_function_arguments(ablate, "ablate", skip=RUN_SKIPS_ABLATE)
         p.add_argument("--ablate.tasks", type=list[dict[str, Optional[str]]], default=[], help=TASKS_HELP)
         _add_trainer(p)
+        p.set_defaults(_flat(yaml.safe_load(read_text("configs/language.yaml"))))  # run = the language job
+        for action in option_actions(p).values():
+            action.required = False  # model, stimuli, output_dir have the language job's values
     elif command == "check":
         from jsonargparse import ArgumentParser
 
@@ -133,43 +141,63 @@ def option_actions(parser) -> dict[str, Any]:
     return {s: a for s, a in parser._option_string_actions.items() if s.startswith("--")}
 
 
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"select": {"abs": True}}`` → ``{"select.abs": True}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _is_config(action) -> bool:
+    """``--config`` and the group configs jsonargparse adds (``--trainer FILE``, ``--select FILE``)."""
+    return type(action).__name__ in ("ActionConfigFile", "_ActionConfigLoad")
+
+
 def _is_switch(action) -> bool:
     hint = getattr(action, "_typehint", None)
     return hint is bool or hint == Optional[bool]
 
 
 def normalize(argv: list[str], parser, command: str) -> list[str]:
-    """Canonical underscores for dashed option names, ``true`` after a bare switch, ``--config`` values first
-    (shipped config names resolved for ``run``; ``run`` without ``--config`` uses the ``language`` config)."""
+    """The command line as the parser takes it: canonical underscores for dashed option names, ``--no_X`` as
+    ``--X false``, ``true`` after a bare switch, and every config file (``--config``, ``--trainer FILE``, ...) first,
+    so that values given on the command line win; ``run`` resolves shipped config names (``faces``)."""
+    import os
+
     from localizer.resources import config_path
 
     actions = option_actions(parser)
-    out: list[str] = []
+    tokens: list[str] = []
     for token in argv:
         if token.startswith("--") and len(token) > 2:
             name, eq, value = token.partition("=")
             canonical = "--" + name[2:].replace("-", "_")
+            negated = "--" + canonical[len("--no_") :] if canonical.startswith("--no_") else None
             if name not in actions and canonical in actions:
                 token = canonical + eq + value
-        out.append(token)
+            elif name not in actions and negated in actions and _is_switch(actions[negated]) and not eq:
+                tokens += [negated, "false"]
+                continue
+        tokens.append(token)
     configs: list[str] = []
     rest: list[str] = []
     i = 0
-    while i < len(out):
-        token = out[i]
-        if token == "--config" and i + 1 < len(out):
-            configs += [token, out[i + 1]]
-            i += 2
+    while i < len(tokens):
+        name, eq, value = tokens[i].partition("=")
+        action = actions.get(name)
+        if action is not None and _is_config(action) and (eq or i + 1 < len(tokens)):
+            value = value if eq else tokens[i + 1]
+            if command == "run" and name == "--config" and not os.path.exists(value):
+                value = config_path(value) or value
+            configs += [name, value]
+            i += 1 if eq else 2
             continue
-        if token.startswith("--config="):
-            configs += ["--config", token.split("=", 1)[1]]
-        else:
-            rest.append(token)
+        rest.append(tokens[i])
         i += 1
-    if command == "run":
-        configs = [config_path(c) or c if k % 2 else c for k, c in enumerate(configs)]
-        if not configs and not any(t in ("-h", "--help") for t in rest):
-            configs = ["--config", str(config_path("language"))]
     argv = configs + rest
     with_values: list[str] = []
     for i, token in enumerate(argv):
@@ -177,9 +205,22 @@ def normalize(argv: list[str], parser, command: str) -> list[str]:
         action = actions.get(token)
         if action is not None and _is_switch(action):
             following = argv[i + 1] if i + 1 < len(argv) else None
-            if following is None or following.startswith("--"):
+            if following is None or following.startswith("-"):
                 with_values.append("true")
     return with_values
+
+
+def _arguments(cfg) -> dict[str, Any]:
+    """The parsed options as keyword arguments: without ``config`` and the group configs' ``__path__``."""
+
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k != "__path__"}
+        return value
+
+    kwargs = clean(cfg.as_dict())
+    kwargs.pop("config", None)
+    return kwargs
 
 
 def _parse(parser, argv: list[str]):
@@ -217,6 +258,9 @@ def explain(message: str) -> str:
         if names == ["files"]:  # localizer check's positional argument
             return "give at least one file to check"
         return "missing required option" + ("s " if len(names) > 1 else " ") + ", ".join(f"--{n}" for n in names)
+    unknown = re.match(r"Option '([^']+)' is not accepted", message)
+    if unknown:
+        return f"unknown option {unknown.group(1)!r} (in a --config file or on the command line); see --help"
     return " ".join(first_line(Exception(message)).split())
 
 
@@ -226,8 +270,7 @@ def explain(message: str) -> str:
 def _extract(cfg) -> int:
     from localizer.recording.extract import extract
 
-    kwargs = cfg.as_dict()
-    kwargs.pop("config", None)
+    kwargs = _arguments(cfg)
     path = extract(trainer=kwargs.pop("trainer"), **kwargs)
     from lightning.pytorch.utilities import rank_zero_info
 
@@ -239,8 +282,7 @@ def _select(cfg) -> int:
     from localizer.report import print_selection
     from localizer.selection.select import select
 
-    kwargs = cfg.as_dict()
-    kwargs.pop("config", None)
+    kwargs = _arguments(cfg)
     print_selection(select(**kwargs))
     print(f"wrote {cfg.out}")
     return 0
@@ -249,8 +291,7 @@ def _select(cfg) -> int:
 def _ablate(cfg) -> int:
     from localizer.ablation.ablate import ablate
 
-    kwargs = cfg.as_dict()
-    kwargs.pop("config", None)
+    kwargs = _arguments(cfg)
     doc = ablate(trainer=kwargs.pop("trainer"), **kwargs)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -264,8 +305,7 @@ def _ablate(cfg) -> int:
 def _run(cfg) -> int:
     from localizer.pipeline import run
 
-    kwargs = cfg.as_dict()
-    kwargs.pop("config", None)
+    kwargs = _arguments(cfg)
     run(**kwargs)
     return 0
 

@@ -19,19 +19,24 @@ def on_rank_zero(trainer, fn: Callable[[], Any]) -> Any:
     """Run ``fn()`` on global rank 0 only; return its (picklable, small) result on every rank.
 
     Any exception raised by ``fn`` on rank 0 (an input error, an ``OSError`` from a full disk, a bug) is broadcast
-    as one line and raised as :class:`LocalizerError` on every rank, never a hang. ``trainer`` is a Lightning
-    Trainer (anything with ``is_global_zero`` and ``strategy.broadcast``).
+    as one line: rank 0 raises the original exception (a bug keeps its traceback), every other rank a
+    :class:`LocalizerError` with that line — never a hang. ``trainer`` is a Lightning Trainer (anything with
+    ``is_global_zero`` and ``strategy.broadcast``).
     """
     result = error = None
+    failure: Exception | None = None
     if trainer.is_global_zero:
         try:
             result = fn()
         except Exception as e:
+            failure = e
             error = str(e) if isinstance(e, LocalizerError) else f"{type(e).__name__}: {e}"
             error = " ".join(error.split()) or type(e).__name__
     error, result = trainer.strategy.broadcast((error, result), src=0)
+    if failure is not None:
+        raise failure
     if error:
-        raise LocalizerError(error)
+        raise LocalizerError(f"rank 0 failed: {error}")
     return result
 
 

@@ -10,7 +10,10 @@ from Python, as the command-line option (``--overwrite``) when the ``localizer``
 
 from __future__ import annotations
 
-_style = {"cli": False}
+import contextlib
+from collections.abc import Iterator
+
+_style: dict = {"cli": False, "step": None}
 
 
 class LocalizerError(ValueError):
@@ -22,13 +25,31 @@ def speak_options(cli: bool = True) -> None:
     _style["cli"] = cli
 
 
-def opt(name: str, value: object = None) -> str:
+@contextlib.contextmanager
+def step_options(step: str | None) -> Iterator[None]:
+    """Within the block, settings belong to the step ``step`` of ``localizer run`` (``select``, ``ablate``): messages
+    name them ``--select.top`` on the command line and ``select['top']`` in Python."""
+    before = _style["step"]
+    _style["step"] = step
+    try:
+        yield
+    finally:
+        _style["step"] = before
+
+
+def opt(name: str, value: object = None, step: str | None = None) -> str:
     """A setting as the user wrote it: ``--name [value]`` on the command line, ``name[=value]`` in Python.
 
-    ``value=True`` stands for a switch (``--overwrite`` / ``overwrite=True``).
+    ``value=True`` stands for a switch (``--overwrite`` / ``overwrite=True``). Inside ``localizer run``
+    (:func:`step_options`) a setting of a step carries its prefix; ``step`` names the step a setting belongs to
+    when it is not the current one (the ablate step pointing at a select option).
     """
+    group = step or _style["step"] if _style["step"] else None
     if _style["cli"]:
+        name = f"{group}.{name}" if group else name
         return f"--{name}" if value is None or value is True else f"--{name} {value}"
+    if group:
+        return f"{group}[{name!r}]" if value is None else f"{group}[{name!r}]={value!r}"
     return name if value is None else f"{name}={value!r}"
 
 

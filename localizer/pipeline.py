@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
 
-from localizer.errors import LocalizerError, opt
+from localizer.errors import LocalizerError, opt, step_options
 from localizer.selection.options import PARAMETERS as SELECT_OPTIONS
 
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
@@ -52,15 +52,19 @@ def run(
     Returns:
         ``{"trained": {"selection": Selection, "ablation": {task: results document}}, "untrained": ...}``.
     """
-    from localizer.ablation.ablate import run_ablation
+    from localizer.ablation.ablate import control_kinds, run_ablation
+    from localizer.ablation.masking import parse_method
+    from localizer.ablation.tasks import TASKS, load_task_data
+    from localizer.files.outputs import source_name
     from localizer.recording.extract import extract
     from localizer.recording.models import load_model
     from localizer.recording.stimuli import load_stimuli, modality
     from localizer.report import log_exemplars, print_run_summary
     from localizer.selection.options import SelectionOptions
+    from localizer.selection.select import select as select_step
     from localizer.selection.select import select_file
 
-    allowed = set(inspect.signature(extract).parameters) - NOT_FROM_EXTRACT
+    allowed = set(inspect.signature(extract).parameters) - NOT_FROM_EXTRACT - set(SELECT_OPTIONS)
     for name, group, known in (
         ("extract", extract_options, allowed),
         ("select", select or {}, SELECT_OPTIONS),
@@ -68,20 +72,34 @@ def run(
     ):
         unknown = sorted(set(group) - set(known))
         if unknown:
-            raise LocalizerError(f"run: unknown {name} options {unknown}; choose from {', '.join(sorted(known))}")
+            where = "" if name == "extract" else f" (in {name}=...)"
+            hint = "; selection options go in select={...}" if set(unknown) & set(SELECT_OPTIONS) else ""
+            raise LocalizerError(
+                f"run: unknown {name} options {unknown}{where}{hint}; choose from {', '.join(sorted(known))}"
+            )
     trainer = _one_process(dict(trainer or {}))
-    from localizer.selection.select import select as select_step
-
-    defaults = {name: p.default for name, p in inspect.signature(select_step).parameters.items()}
-    options = SelectionOptions.from_parameters({**defaults, **(select or {})})
+    # everything about the later steps is checked before any work starts
+    with step_options("select"):
+        defaults = {name: p.default for name, p in inspect.signature(select_step).parameters.items()}
+        options = SelectionOptions.from_parameters({**defaults, **(select or {})})
     ablate = dict(ablate or {})
     tasks = ablate.pop("tasks", None) or []
+    with step_options("ablate"):
+        parse_method(ablate.get("method", "zero"))
+        control_kinds(ablate.get("controls", "all"))
+        for spec in tasks:
+            if not isinstance(spec, dict) or spec.get("task") not in TASKS:
+                raise LocalizerError(
+                    f"{opt('tasks')}: each entry is {{task: {' | '.join(TASKS)}, data: ... or null}}, got {spec!r}"
+                )
+    data = load_stimuli(stimuli, extract_options.get("control"))
     for spec in tasks:
-        if not isinstance(spec, dict) or "task" not in spec:
-            raise LocalizerError(f"{opt('ablate.tasks')}: each entry needs a task (and optionally data), got {spec!r}")
+        if spec.get("data") is not None:
+            load_task_data(spec["data"], spec["task"])
+        elif "split" not in data.column_names or "validation" not in set(data["split"]):
+            raise LocalizerError(f"task {spec['task']} has data: null but stimuli {stimuli} have no validation rows")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_stimuli(stimuli, extract_options.get("control"))
     kind = modality(data)
     loaded = load_model(
         model,
@@ -98,24 +116,26 @@ def run(
     for label, folder, lm in runs:
         folder.mkdir(parents=True, exist_ok=True)
         acts = _extract_or_resume(
-            lm, data, folder / "activations.h5", trainer=trainer, source=stimuli, **extract_options
+            lm, data, folder / "activations.h5", trainer=trainer, source=source_name(stimuli), **extract_options
         )
-        result = select_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
+        with step_options("select"):
+            result = select_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
         log_exemplars(acts, result, data, log_dir, folder)
         docs = {}
         for spec in tasks:
-            docs[spec["task"]] = run_ablation(
-                folder / "selection.h5",
-                spec["task"],
-                task_data=spec.get("data"),
-                loaded=lm,
-                out=folder / f"results_{spec['task']}.json",
-                max_length=extract_options.get("max_length"),
-                log_dir=log_dir,
-                trainer=trainer,
-                png_dir=folder,
-                **ablate,
-            )
+            with step_options("ablate"):
+                docs[spec["task"]] = run_ablation(
+                    folder / "selection.h5",
+                    spec["task"],
+                    task_data=spec.get("data"),
+                    loaded=lm,
+                    out=folder / f"results_{spec['task']}.json",
+                    max_length=extract_options.get("max_length"),
+                    log_dir=log_dir,
+                    trainer=trainer,
+                    png_dir=folder,
+                    **ablate,
+                )
         summary[label] = {"selection": result, "ablation": docs}
         text = io.StringIO()
         with redirect_stdout(text):

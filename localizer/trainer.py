@@ -8,10 +8,16 @@ validates.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
+
+from localizer.errors import LocalizerError, first_line
 
 # what localizer changes in Lightning's defaults: no checkpoints, no model summary; loggers are chosen per command
 TRAINER_DEFAULTS: dict[str, Any] = dict(logger=False, enable_checkpointing=False, enable_model_summary=False)
+
+
+Precision = Literal["64-true", "64", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+                   "transformer-engine", "transformer-engine-float16"]  # fmt: skip
 
 
 @dataclass
@@ -28,11 +34,11 @@ class TrainerOptions:
         enable_model_summary: print Lightning's summary of the model's parameters.
     """
 
-    accelerator: str = "auto"
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = "auto"
     devices: Union[int, str, list[int]] = "auto"
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: Optional[str] = None
+    precision: Optional[Precision] = None
     enable_progress_bar: bool = True
     enable_model_summary: bool = False
 
@@ -43,3 +49,15 @@ def trainer_kwargs(trainer: dict[str, Any] | TrainerOptions | None) -> dict[str,
     if isinstance(trainer, TrainerOptions):
         trainer = asdict(trainer)
     return {**TRAINER_DEFAULTS, **{k: v for k, v in (trainer or {}).items() if v is not None}}
+
+
+def build_trainer(kwargs: dict[str, Any]):
+    """``lightning.Trainer(**kwargs)``; options that Lightning refuses (``devices=0``, an accelerator this machine
+    lacks, an unknown strategy) are one :class:`LocalizerError` naming them."""
+    import lightning as L
+
+    try:
+        return L.Trainer(**kwargs)
+    except Exception as e:  # Lightning refuses bad options with MisconfigurationException, ValueError, ...
+        shown = {k: v for k, v in kwargs.items() if k in TrainerOptions.__dataclass_fields__}
+        raise LocalizerError(f"invalid trainer options {shown}: {' '.join(first_line(e).split())}") from e

@@ -140,8 +140,14 @@ def test_command_line_values_win_over_configs_wherever_they_stand(capsys):
 
 
 def test_run_exposes_every_option_of_its_steps_with_their_defaults():
+    """run's defaults are its steps' defaults, except what the language config (run's default job) sets."""
+    from localizer.resources import read_text
+
     run = build_parser("run")
     defaults = run.get_defaults()
+    language = yaml.safe_load(read_text("configs/language.yaml"))
+    preset = {k for k, v in language.items() if not isinstance(v, dict)}
+    preset |= {f"{k}.{kk}" for k, v in language.items() if isinstance(v, dict) for kk in v}
     for step, prefix, skip in (
         (localizer.extract, "", {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}),
         (localizer.select, "select.", {"activations", "out", "overwrite", "log_dir"}),
@@ -153,7 +159,9 @@ def test_run_exposes_every_option_of_its_steps_with_their_defaults():
             if prefix == "" and name in inspect.signature(localizer.select).parameters:
                 continue  # selection options of extract: run takes them as --select.*
             assert f"--{prefix}{name}" in option_actions(run), f"run lacks --{prefix}{name}"
-            assert defaults[f"{prefix}{name}"] == parameter.default, f"--{prefix}{name}"
+            key = f"{prefix}{name}"
+            want = language[key] if key in language else language[prefix[:-1]][name] if key in preset else None
+            assert defaults[key] == (want if key in preset else parameter.default), f"--{key}"
 
 
 def test_the_shipped_configs_only_use_existing_options():
@@ -190,3 +198,25 @@ def test_library_errors_name_parameters_and_the_cli_names_options(tmp_path, caps
     with pytest.raises(localizer.LocalizerError, match=r"pass overwrite=True"):  # main() did not change the library
         localizer.select(str(acts), str(tmp_path / "s.h5"), log_dir=None)
     assert (tmp_path / "s.h5").read_bytes() == b"not mine"
+
+
+def test_old_and_odd_spellings(tmp_path):
+    parser = build_parser("select")
+    base = ["--activations", "a.h5", "--out", "s.h5"]
+    for argv, abs_ in ((["--no_abs"], False), (["--no-abs"], False), (["--abs", "--no-abs"], False)):
+        assert parser.parse_args(normalize([*base, *argv], parser, "select")).abs is abs_, argv
+    with pytest.raises(SystemExit):  # -h after a switch is help, not the switch's value
+        parser.parse_args(normalize([*base, "--abs", "-h"], parser, "select"))
+    with pytest.raises(argparse.ArgumentError):  # no abbreviations: --over is not --overwrite
+        parser.parse_args(normalize([*base, "--over"], parser, "select"))
+
+
+def test_group_config_files_come_first_too(tmp_path, capsys):
+    (tmp_path / "trainer.yaml").write_text("accelerator: gpu\ndevices: 3\n")
+    (tmp_path / "select.yaml").write_text("controls: 2\ntop: 3%\n")
+    argv = ["--trainer.accelerator", "cpu", "--trainer", str(tmp_path / "trainer.yaml"), "--select.controls", "7",
+            "--select", str(tmp_path / "select.yaml")]  # fmt: skip
+    cfg = printed_config(capsys, *argv)
+    assert cfg["trainer"]["accelerator"] == "cpu" and cfg["trainer"]["devices"] == 3
+    assert cfg["select"]["controls"] == 7 and cfg["select"]["top"] == "3%"
+    assert "__path__" not in cfg["trainer"] and "__path__" not in cfg["select"]

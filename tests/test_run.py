@@ -121,3 +121,42 @@ def test_run_continues_a_killed_extraction_and_restarts_a_foreign_one(gpt2_dir, 
     _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.1", trainer=cpu)  # finished: replaced
     after = {p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5")}
     assert after and not after & before and len({name.split("-")[1] for name in after}) == 1
+
+
+def test_run_checks_every_step_before_any_work(gpt2_dir, text_file, tmp_path, capsys, monkeypatch):
+    """A bad select/ablate option or task is refused before the model loads and before output_dir exists, naming
+    run's own option (--select.top, --ablate.method, --ablate.tasks)."""
+    import pytest
+
+    import localizer
+
+    monkeypatch.chdir(tmp_path)
+    base = ["run", "--model", gpt2_dir, "--stimuli", text_file, "--output_dir", "o", "--trainer.accelerator", "cpu"]
+    cases = [
+        (["--select.top", "0"], "--select.top must be in (0, 100]"),
+        (["--select.fdr", "0.1", "--select.bottom"], "choose one of --select.fdr, --select.range, --select.bottom"),
+        (["--ablate.method", "bogus"], "--ablate.method must be zero, mean or scale=F"),
+        (["--ablate.controls", "near"], "--ablate.controls: unknown control kinds ['near']"),
+        (["--ablate.tasks", '[{"task": "guess", "data": null}]'], "--ablate.tasks: each entry is {task:"),
+        (["--ablate.tasks", '[{"task": "next-token", "data": "nope.jsonl"}]'], "nope.jsonl"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
+        assert not (tmp_path / "o").exists(), extra
+    with pytest.raises(localizer.LocalizerError, match=r"selection options go in select=\{\.\.\.\}"):
+        localizer.run(gpt2_dir, text_file, str(tmp_path / "o"), top="5%")
+    with pytest.raises(localizer.LocalizerError, match=r"select\['top'\] must be in \(0, 100\]"):
+        localizer.run(gpt2_dir, text_file, str(tmp_path / "o"), select={"top": "0"})
+    assert not (tmp_path / "o").exists()
+
+
+def test_trainer_options_that_lightning_refuses_are_one_line(gpt2_dir, text_file, tmp_path, capsys):
+    args = ["extract", "--model", gpt2_dir, "--stimuli", text_file, "--out", str(tmp_path / "a.h5")]
+    assert main([*args, "--trainer.devices", "0", "--trainer.accelerator", "cpu"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("localizer extract: error:")]
+    assert len(errors) == 1 and "invalid trainer options" in errors[0] and "'devices': 0" in errors[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "a.h5").exists()

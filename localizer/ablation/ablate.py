@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from localizer.distributed import on_rank_zero
 from localizer.errors import LocalizerError, opt
-from localizer.trainer import trainer_kwargs
+from localizer.trainer import build_trainer, trainer_kwargs
 
 Task = Literal["classification", "next-token", "minimal-pairs", "agreement"]
 
@@ -105,28 +106,18 @@ def run_ablation(
     :class:`localizer.recording.models.LoadedModel` (skips loading ``model``); ``png_dir`` also saves the
     TensorBoard figures as PNG files there; ``log_dir=None`` logs nothing.
     """
-    import lightning as L
 
     from localizer.ablation.module import AblationDataModule, AblationModule, build_conditions
     from localizer.ablation.summary import summarize
     from localizer.ablation.tasks import TASKS, make_task
     from localizer.recording.models import load_model
-    from localizer.selection.options import CONTROL_KINDS
     from localizer.selection.result import Selection
 
     if task not in TASKS:
         raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     sel = Selection.read(selection)
     attrs = sel.attrs
-    kinds = (
-        list(CONTROL_KINDS)
-        if controls in ("all", ["all"])
-        else ([k.strip() for k in controls.split(",")] if isinstance(controls, str) else list(controls))
-    )
-    kinds = [k for k in kinds if k]
-    bad = [k for k in kinds if k not in CONTROL_KINDS]
-    if bad:
-        raise LocalizerError(f"unknown control kinds {bad}; choose from all, {', '.join(CONTROL_KINDS)}")
+    kinds = control_kinds(controls)
     if isinstance(sweep, str):
         sweep = [s.strip() for s in sweep.split(",") if s.strip()]
     data = _task_data(task_data, attrs, task)
@@ -147,13 +138,15 @@ def run_ablation(
         from lightning.pytorch.loggers import TensorBoardLogger
 
         kwargs["logger"] = TensorBoardLogger(str(log_dir), name="ablate")
-    runner = L.Trainer(**kwargs)
+    runner = build_trainer(kwargs)
     if runner.world_size > len(data):
         raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
     runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
     assert module.results is not None  # set by on_validation_epoch_end on every rank
     doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
-    if runner.is_global_zero:
+    results = module.results
+
+    def write() -> None:  # rank 0 writes for all; a failure there reaches every rank
         if out is not None:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(str(out) + ".tmp")
@@ -169,7 +162,7 @@ def run_ablation(
             log_ablation(
                 runner.logger,
                 doc,
-                module.results,
+                results,
                 conditions,
                 {
                     "task": task,
@@ -182,7 +175,25 @@ def run_ablation(
                 },
                 png_dir=png_dir,
             )
+
+    on_rank_zero(runner, write)
     return doc
+
+
+def control_kinds(controls: str | list[str]) -> list[str]:
+    """``"all"`` or kinds (a list or comma-separated) → the control kinds, checked."""
+    from localizer.files import CONTROL_KINDS
+
+    if controls in ("all", ["all"]):
+        return list(CONTROL_KINDS)
+    kinds = [k.strip() for k in controls.split(",")] if isinstance(controls, str) else list(controls)
+    kinds = [k for k in kinds if k]
+    bad = [k for k in kinds if k not in CONTROL_KINDS]
+    if bad:
+        raise LocalizerError(
+            f"{opt('controls')}: unknown control kinds {bad}; choose all or {', '.join(CONTROL_KINDS)}"
+        )
+    return kinds
 
 
 def _task_data(task_data, attrs, task):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from localizer.errors import LocalizerError
+from localizer.errors import LocalizerError, opt
 from localizer.recording.hooks import trace
 
 
@@ -33,7 +33,7 @@ def parse_method(method: str) -> tuple[str, float]:
             return "scale", float(method.split("=", 1)[1])
         except ValueError:
             pass
-    raise LocalizerError(f"ablation method must be zero, mean or scale=F, got {method!r}")
+    raise LocalizerError(f"{opt('method')} must be zero, mean or scale=F, got {method!r}")
 
 
 def unit_edits(

@@ -132,7 +132,8 @@ def build_conditions(
         stored = selection.controls.get(kind, [])
         if not stored:
             raise LocalizerError(
-                f"the selection file has no {kind} controls; rerun localizer select with {opt('controls', 'N')}"
+                f"the selection file has no {kind} controls; rerun localizer select with "
+                f"{opt('controls', 'N', step='select')}"
             )
         if n_controls is not None and n_controls > len(stored):
             raise LocalizerError(

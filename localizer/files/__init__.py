@@ -3,6 +3,9 @@ resuming a killed extraction, and ``check``."""
 
 from localizer._lazy import lazy
 
+# what a selection file may hold (a light constant: the command line is built from code that reads it)
+CONTROL_KINDS = ("global", "layer_matched", "magnitude_matched")
+
 _NAMES = {
     "check": "localizer.files.check",
     "open_activations": "localizer.files.activations",

@@ -322,7 +322,7 @@ def _check_selection_layer(f, layer: str, sizes: dict[str, int], problems: list[
 
 def _check_controls(f, sizes: dict[str, int], mask: np.ndarray, problems: list[str]) -> int:
     """Every control set: of the selection's size and disjoint from it. Returns the number of sets."""
-    from localizer.selection.options import CONTROL_KINDS
+    from localizer.files import CONTROL_KINDS
 
     n_sets = 0
     for kind in f.get("controls", {}):

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 
 from localizer.errors import LocalizerError, opt
 from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOptions
-from localizer.trainer import trainer_kwargs
+from localizer.trainer import build_trainer, trainer_kwargs
 
 Pooling = Literal["last", "mean", "channel", "flat"]
 
@@ -137,7 +137,6 @@ def record(
     """:func:`extract` for Python callers that hold the pieces: ``model`` may be a loaded
     :class:`localizer.recording.models.LoadedModel`, ``stimuli`` a ``datasets.Dataset`` (then ``source`` names it
     in the file), ``transform`` a callable, and the selection rule a :class:`SelectionOptions`."""
-    import lightning as L
 
     from localizer.files.outputs import check_output, source_name
     from localizer.files.resume import check_partial, committed_rows
@@ -231,16 +230,17 @@ def record(
             from lightning.pytorch.loggers import TensorBoardLogger
 
             kwargs["logger"] = TensorBoardLogger(str(log_dir), name="extract")
-    trainer_ = L.Trainer(**kwargs)
+    trainer_ = build_trainer(kwargs)
     if trainer_.world_size > len(stimuli):
         raise LocalizerError(
             f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most {len(stimuli)} devices x nodes"
         )
     trainer_.predict(recorder, datamodule=data, return_predictions=False)
-    if selection is not None and prior and trainer_.is_global_zero:  # the online statistics saw only this attempt
+    if selection is not None and prior:  # the online statistics saw only this attempt: select from the file
+        from localizer.distributed import on_rank_zero
         from localizer.selection.select import select_file
 
-        select_file(out, selection, selection_options, log_dir=log_dir)
+        on_rank_zero(trainer_, lambda: select_file(out, selection, selection_options, log_dir=log_dir) and None)
     return out
 
 

@@ -13,8 +13,8 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from localizer.errors import LocalizerError, opt
+from localizer.files import CONTROL_KINDS
 
-CONTROL_KINDS = ("global", "layer_matched", "magnitude_matched")
 # the selection parameters of localizer.select (and of extract, and run's --select.*), in signature order
 PARAMETERS = ("abs", "alternative", "top", "per_layer", "count", "fdr", "range", "bottom", "controls", "seed",
               "split_half")  # fmt: skip
@@ -62,7 +62,7 @@ class SelectionOptions:
     range: tuple[float, float] | str | None = None
     abs: bool = False
     alternative: str = "greater"
-    controls: int = 0
+    controls: int = 10
     seed: int = 0
     split_half: bool = False
     kinds: list[str] = field(default_factory=lambda: list(CONTROL_KINDS))
