@@ -160,7 +160,9 @@ def record(
     prior = 0 if overwrite else committed_rows(out)
     if resume and not prior:
         raise LocalizerError(f"{out}: nothing to resume (no recorded segments); run without {opt('resume', True)}")
-    provenance: dict[str, str | None] = {"stimuli": source} if source else {}
+    provenance: dict[str, str | None] = {}
+    if source:  # a dataset that the caller names (run: the stimuli as given, resolved)
+        provenance = {"stimuli": source, "control": source_name(control) if control else None}
     if isinstance(stimuli, (str, os.PathLike)):
         provenance = {"stimuli": source_name(stimuli), "control": source_name(control) if control else None}
         stimuli = load_stimuli(stimuli, control)
