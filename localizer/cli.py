@@ -352,13 +352,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"localizer {argv[0]}: error: {' '.join(first_line(e).split())}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help and --print_config end the parse with SystemExit(0)
+        if isinstance(e.__context__, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1)
+            return _interrupted(argv[0])
         return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
-        print(f"localizer {argv[0]}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(argv[0])
     finally:
         speak_options(False)  # a Python caller of main() gets parameter names in later library errors again
         _end_distributed()
+
+
+def _interrupted(command: str) -> int:
+    resume = " (committed segments are kept: rerun the same command to resume)" if command in ("extract", "run") else ""
+    print(f"localizer {command}: interrupted{resume}", file=sys.stderr)
+    return 130
 
 
 def _end_distributed() -> None:

@@ -110,6 +110,7 @@ def run_ablation(
     from localizer.ablation.module import AblationDataModule, AblationModule, build_conditions
     from localizer.ablation.summary import summarize
     from localizer.ablation.tasks import TASKS, make_task
+    from localizer.files.outputs import check_outputs, input_files
     from localizer.recording.models import load_model
     from localizer.selection.result import Selection
 
@@ -117,6 +118,16 @@ def run_ablation(
         raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     sel = Selection.read(selection)
     attrs = sel.attrs
+    check_outputs(
+        {"out": out},
+        {
+            "selection": [Path(selection)],
+            "model": input_files(model or (None if loaded is not None else str(attrs.get("model", "")) or None)),
+            "task_data": input_files(task_data) if isinstance(task_data, (str, os.PathLike)) else [],
+        },
+    )
+    if sel.n_selected == 0:
+        raise LocalizerError(f"{selection}: the selection holds no unit; there is nothing to ablate")
     kinds = control_kinds(controls)
     if isinstance(sweep, str):
         sweep = [s.strip() for s in sweep.split(",") if s.strip()]
@@ -130,6 +141,12 @@ def run_ablation(
         if forced and ":" in forced:  # a package.module:callable model
             forced = None
         loaded = load_model(spec, kind, model_class=forced, trust_remote_code=trust_remote_code)
+    recorded = str(attrs.get("weights", ""))
+    if recorded and loaded.fingerprint() != recorded:
+        raise LocalizerError(
+            f"the model {loaded.name} is not the one {selection} was made with (its weights differ from the recorded "
+            f"fingerprint); pass the recorded model ({attrs.get('model', '?')}) or select again on this one"
+        )
     conditions = build_conditions(sel, method, kinds, n_controls, sweep)
     the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
     module = AblationModule(loaded.model, the_task, conditions, str(attrs["pooling"]), kind)
@@ -187,7 +204,7 @@ def control_kinds(controls: str | list[str]) -> list[str]:
     if controls in ("all", ["all"]):
         return list(CONTROL_KINDS)
     kinds = [k.strip() for k in controls.split(",")] if isinstance(controls, str) else list(controls)
-    kinds = [k for k in kinds if k]
+    kinds = list(dict.fromkeys(k for k in kinds if k))  # a kind named twice is used once
     bad = [k for k in kinds if k not in CONTROL_KINDS]
     if bad:
         raise LocalizerError(

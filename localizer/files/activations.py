@@ -145,7 +145,7 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
                     rows = len(info["index"])
                     if not rows:
                         continue
-                    rel = os.path.relpath(info["path"], out.parent)
+                    rel = escape_source(os.path.relpath(info["path"], out.parent))
                     source = h5py.VirtualSource(rel, f"activations/{layer}", shape=(rows, units[layer]))
                     for row0, idx0, count, stride in strided_runs(info["index"]):
                         layout[idx0 : idx0 + (count - 1) * stride + 1 : stride] = source[row0 : row0 + count]
@@ -176,6 +176,16 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
     for stale in segment_dir(out).glob("*.part"):
         stale.unlink()
     return out
+
+
+def escape_source(name: str) -> str:
+    """A file name as an HDF5 virtual-dataset source: ``%`` is a format character there (``%b``, ``%%``)."""
+    return name.replace("%", "%%")
+
+
+def source_file(name: str) -> str:
+    """The file name that a stored virtual-dataset source name stands for (the inverse of :func:`escape_source`)."""
+    return name.replace("%%", "%")
 
 
 def allow_sources(path: str | os.PathLike) -> int:

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from localizer.errors import LocalizerError
-from localizer.files.activations import FORMAT_VERSION, allow_sources, coverage, read_version
+from localizer.files.activations import FORMAT_VERSION, allow_sources, coverage, read_version, source_file
 
 CHUNK_BYTES = 16 << 20
 
@@ -65,6 +65,8 @@ def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
         raise LocalizerError(f"{path} does not exist")
     if path.is_dir():
         raise LocalizerError(f"{path} is a folder; give an .h5 file")
+    if not path.is_file():  # a named pipe or a device would block the reader
+        raise LocalizerError(f"{path} is not a regular file")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -194,6 +196,7 @@ def _check_segments(path: Path, n: int, positive, units: dict[str, int], sources
     problems: list[str] = []
     covered: list[np.ndarray] = []
     for name, maps in sources.items():
+        name = source_file(name)
         seg = Path(name) if os.path.isabs(name) else path.parent / name
         if not seg.exists():
             problems.append(f"segment {seg} is missing (its rows read as NaN)")

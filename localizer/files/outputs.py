@@ -35,3 +35,49 @@ def source_name(source: str | os.PathLike) -> str:
     """A local path as an absolute path (so later commands find it from anywhere); anything else as given."""
     p = Path(source)
     return str(p.resolve()) if p.exists() else str(source)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of an existing file (hard links and symlinks share it), else None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def input_files(source: str | os.PathLike | None) -> list[Path]:
+    """The files an input reads: the file itself, or every regular file inside a folder (a model folder, an image
+    folder, a ``save_to_disk`` dataset); nothing for hub ids and other names."""
+    if source is None:
+        return []
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return [p for p in path.rglob("*") if p.is_file()]
+    return []
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, list[Path]]) -> None:
+    """Refuse, before any work and whatever ``overwrite`` says, an output that is one of the inputs or another
+    output: same resolved path, or the same file through a symlink or hard link (device and inode).
+
+    Args:
+        outputs: ``{parameter: path}`` of what the command writes (None: not written).
+        inputs: ``{parameter: files it reads}`` (see :func:`input_files`).
+    """
+    named = [(name, Path(path)) for name, path in outputs.items() if path is not None]
+    for i, (name, path) in enumerate(named):
+        resolved, identity = path.resolve(), _identity(path)
+        for other, other_path in named[i + 1 :]:
+            if resolved == other_path.resolve() or (identity and identity == _identity(other_path)):
+                raise LocalizerError(f"{opt(name)} and {opt(other)} are the same file ({path}); give two paths")
+        for source, files in inputs.items():
+            for f in files:
+                if resolved == f.resolve() or (identity and identity == _identity(f)):
+                    shown = "" if f.resolve() == resolved else f" (the same file as {f})"
+                    raise LocalizerError(
+                        f"{opt(name)} {path} is an input ({opt(source)}){shown}; localizer never writes over its "
+                        f"inputs: choose another output path"
+                    )

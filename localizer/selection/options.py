@@ -19,6 +19,7 @@ from localizer.files import CONTROL_KINDS
 PARAMETERS = ("abs", "alternative", "top", "per_layer", "count", "fdr", "range", "bottom", "controls", "seed",
               "split_half")  # fmt: skip
 Alternative = Literal["greater", "two-sided"]
+MAX_CONTROLS = 1000
 
 # The docstring of the selection parameters, shared by every function that takes them (and so by their --help).
 PARAMETERS_DOC = """abs: test |activation| (as AlKhamissi et al.) instead of the signed activation.
@@ -84,6 +85,11 @@ class SelectionOptions:
                 raise LocalizerError(
                     f"{opt('range')} must be LOW-HIGH percentiles with 0 <= LOW < HIGH <= 100, got {self.range}"
                 )
+        if self.controls > MAX_CONTROLS:
+            raise LocalizerError(
+                f"{opt('controls')} {self.controls} is more than {MAX_CONTROLS} sets of each kind (the smallest "
+                f"empirical p is already 1/{MAX_CONTROLS + 1})"
+            )
         if self.controls < 0:
             raise LocalizerError(f"{opt('controls')} must be >= 0, got {self.controls}")
         bad = [k for k in self.kinds if k not in CONTROL_KINDS]

@@ -90,6 +90,8 @@ def select_units(
         return mask
     if options.rule == "fdr":
         mask = valid & (q < options.fdr) & (t > 0)
+        if not mask.any():
+            raise LocalizerError(f"no unit has q < {options.fdr:g} and t > 0: {opt('fdr')} selects nothing")
         return mask
     if k == 0:
         raise LocalizerError(

@@ -75,11 +75,13 @@ def select_file(
     import numpy as np
     import torch
 
-    from localizer.files.activations import open_activations
+    from localizer.files.activations import open_activations, segment_files
+    from localizer.files.outputs import check_outputs
     from localizer.selection.compute import finish_selection
     from localizer.selection.metric import LOCALIZE, VALIDATION, UnitStatistics, half_assignment
     from localizer.selection.rules import UnitLayout
 
+    check_outputs({"out": out}, {"activations": [Path(activations), *segment_files(activations)]})
     options = options or SelectionOptions()
     with open_activations(activations) as (f, meta):
         layers = meta["layers"]
