@@ -42,10 +42,11 @@ def on_rank_zero(trainer, fn: Callable[[], Any]) -> Any:
 
 def failpoint(name: str, rank: int) -> None:
     """Fault injection for the tests: ``LOCALIZER_FAILPOINT=NAME[@RANK]`` SIGKILLs this process at ``NAME``;
-    ``LOCALIZER_FAILPOINT_RAISE=NAME[@RANK]`` raises ``OSError`` there instead."""
-    for variable in ("LOCALIZER_FAILPOINT", "LOCALIZER_FAILPOINT_RAISE"):
+    ``LOCALIZER_FAILPOINT_RAISE=NAME[@RANK]`` raises ``OSError`` there instead, ``LOCALIZER_FAILPOINT_SIGINT`` sends
+    Ctrl-C."""
+    for variable in ("LOCALIZER_FAILPOINT", "LOCALIZER_FAILPOINT_RAISE", "LOCALIZER_FAILPOINT_SIGINT"):
         point, _, only = os.environ.get(variable, "").partition("@")
         if point == name and (not only or int(only) == rank):
             if variable.endswith("RAISE"):
                 raise OSError(f"injected failure at {name} on rank {rank}")
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGINT if variable.endswith("SIGINT") else signal.SIGKILL)

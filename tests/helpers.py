@@ -104,7 +104,7 @@ def synthetic(seed=0, n_pos=41, n_ctl=36, units=(50, 70, 30), offset=1e4, plante
 def run_cli(*args, cwd=None, extra_env=None, timeout=600) -> subprocess.CompletedProcess:
     """``python -m localizer ARGS`` in a subprocess (unbuffered; ``extra_env`` added to the environment)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
-    for key in ("LOCALIZER_FAILPOINT", "LOCALIZER_FAILPOINT_RAISE"):
+    for key in ("LOCALIZER_FAILPOINT", "LOCALIZER_FAILPOINT_RAISE", "LOCALIZER_FAILPOINT_SIGINT"):
         if key not in (extra_env or {}):
             env.pop(key, None)
     return subprocess.run(

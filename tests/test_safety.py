@@ -1,0 +1,204 @@
+"""Nothing lost, nothing silently wrong (issue 12): outputs never land on inputs, foreign folders are never emptied,
+a resume never mixes models, an ablation refuses another model, odd names and sizes are handled."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from helpers import CPU, CPU_FLAGS, file_contents, make_texts, run_cli, synthetic, write_activation_file, write_jsonl
+
+import localizer
+from localizer.cli import main
+
+
+def one_error(capsys, argv, command: str) -> str:
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f"localizer {command}: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def acts(tmp_path):
+    layers, positive = synthetic(n_pos=20, n_ctl=20, units=(30, 30))
+    return write_activation_file(tmp_path / "a.h5", layers, positive)
+
+
+def test_an_output_is_never_an_input(gpt2_dir, text_file, tmp_path, capsys, acts):
+    stimuli = str(shutil.copy(text_file, tmp_path / "s.jsonl"))
+    before = open(stimuli).read()
+    base = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, *CPU_FLAGS]
+    msg = one_error(capsys, [*base, "--out", str(tmp_path / "x.h5"), "--selection", str(tmp_path / "x.h5")], "extract")
+    assert "--out and --selection are the same file" in msg and not (tmp_path / "x.h5").exists()
+    msg = one_error(capsys, [*base, "--out", stimuli, "--overwrite"], "extract")
+    assert "is an input (--stimuli)" in msg
+    os.link(stimuli, tmp_path / "hard.h5")  # the same file under another name
+    msg = one_error(capsys, [*base, "--out", str(tmp_path / "hard.h5"), "--overwrite"], "extract")
+    assert "is an input (--stimuli)" in msg and "the same file as" in msg
+    os.symlink(os.path.join(gpt2_dir, "model.safetensors"), tmp_path / "weights.h5")
+    msg = one_error(capsys, [*base, "--out", str(tmp_path / "weights.h5"), "--overwrite"], "extract")
+    assert "is an input (--model)" in msg
+    assert open(stimuli).read() == before
+    a = str(acts)
+    before = file_contents(a)
+    assert "is an input (--activations)" in one_error(capsys, ["select", "--activations", a, "--out", a, "--overwrite"],
+                                                      "select")  # fmt: skip
+    with pytest.raises(localizer.LocalizerError, match=r"out .* is an input \(activations\)"):
+        from localizer.selection.select import select_file
+
+        select_file(a, a)  # the Python API refuses too, without any overwrite flag
+    np.testing.assert_array_equal(file_contents(a)["activations/block.0"], before["activations/block.0"])
+    sel = str(tmp_path / "sel.h5")
+    localizer.select(a, sel, count=3, controls=2, log_dir=None)
+    msg = one_error(
+        capsys, ["ablate", "--selection", sel, "--task", "agreement", "--out", sel, "--overwrite"], "ablate"
+    )
+    assert "is an input (--selection)" in msg and h5py.is_hdf5(sel)
+
+
+def test_a_folder_localizer_did_not_create_is_never_emptied(gpt2_dir, text_file, tmp_path, capsys):
+    mine = tmp_path / "my_results"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("three years of work")
+    os.symlink(mine, tmp_path / "a.h5.shards")
+    base = ["extract", "--model", gpt2_dir, "--stimuli", text_file, *CPU_FLAGS, "--layers", "transformer.h.0"]
+    for extra in ([], ["--overwrite"]):
+        msg = one_error(capsys, [*base, "--out", str(tmp_path / "a.h5"), *extra], "extract")
+        assert "not a folder localizer created" in msg
+    (tmp_path / "b.h5.shards").mkdir()
+    (tmp_path / "b.h5.shards" / "notes.txt").write_text("mine")
+    msg = one_error(capsys, [*base, "--out", str(tmp_path / "b.h5"), "--overwrite"], "extract")
+    assert "holds files localizer did not write (notes.txt)" in msg
+    assert (mine / "thesis.tex").read_text() == "three years of work" and sorted(os.listdir(mine)) == ["thesis.tex"]
+    assert (tmp_path / "b.h5.shards" / "notes.txt").exists()
+
+
+def test_the_weights_fingerprint_covers_every_byte_and_is_cached(tmp_path, monkeypatch):
+    import torch
+
+    from localizer.recording.models import files_fingerprint, weights_fingerprint
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(100, 100), torch.nn.Linear(100, 100)
+    b.load_state_dict(a.state_dict())
+    assert weights_fingerprint(a) == weights_fingerprint(b)
+    with torch.no_grad():
+        b.weight[99, 99] += 1e-6  # value 10000 of the tensor: beyond the 4096 that the old fingerprint read
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+
+    monkeypatch.setenv("LOCALIZER_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "w.bin"
+    f.write_bytes(os.urandom(1 << 16))
+    first = files_fingerprint([f])
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *args, **kw: reads.append(args[0]) or real_open(*args, **kw))
+    assert files_fingerprint([f]) == first and str(f.resolve()) not in map(str, reads)  # from the cache: no read
+    monkeypatch.setattr("builtins.open", real_open)
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(1, 1))  # a changed size or mtime is read again
+    assert files_fingerprint([f]) != first
+
+
+def test_a_resume_never_mixes_checkpoints(gpt2_dir, text_file, tmp_path, capsys):
+    from transformers import GPT2LMHeadModel
+
+    model = tmp_path / "model"
+    shutil.copytree(gpt2_dir, model)
+    out = str(tmp_path / "a.h5")
+    base = ["extract", "--model", str(model), "--stimuli", text_file, "--out", out, "--batch_size", "1",
+            "--segment_mb", "0.0001", "--layers", "transformer.h.0", *CPU_FLAGS]  # fmt: skip
+    r = run_cli(*base, extra_env={"LOCALIZER_FAILPOINT": "after-commit:2"})
+    assert r.returncode != 0 and not os.path.exists(out)
+    m = GPT2LMHeadModel.from_pretrained(model)
+    with __import__("torch").no_grad():
+        m.transformer.h[1].mlp.c_fc.weight[-1, -1] += 1.0  # far beyond the first 4096 values of any tensor
+    m.save_pretrained(model)
+    msg = one_error(capsys, base, "extract")
+    assert "partial extraction made with other settings" in msg and "weights" in msg
+
+
+def test_resume_on_a_finished_file_compares_settings_and_can_add_the_selection(gpt2_dir, text_file, tmp_path, capsys):
+    out = str(tmp_path / "a.h5")
+    base = ["extract", "--model", gpt2_dir, "--stimuli", text_file, "--out", out, *CPU_FLAGS]
+    assert main([*base, "--layers", "transformer.h.0"]) == 0
+    msg = one_error(capsys, [*base, "--layers", "transformer.h.1", "--resume"], "extract")
+    assert "is complete but was recorded with other settings" in msg and "layers" in msg
+    sel = tmp_path / "sel.h5"
+    assert main([*base, "--layers", "transformer.h.0", "--resume", "--selection", str(sel), "--count", "3"]) == 0
+    direct = localizer.select(out, str(tmp_path / "direct.h5"), count=3, log_dir=None)
+    np.testing.assert_array_equal(localizer.Selection.read(sel).mask, direct.mask)
+
+
+def test_ablate_finds_the_recorded_model_from_any_folder(gpt2_dir, text_file, tmp_path, monkeypatch):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    shutil.copytree(gpt2_dir, work / "m")
+    shutil.copytree(gpt2_dir, elsewhere / "m")  # same name, other weights below
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    other = GPT2LMHeadModel.from_pretrained(elsewhere / "m")
+    with torch.no_grad():
+        other.transformer.h[0].attn.c_attn.weight.mul_(3)
+    other.save_pretrained(elsewhere / "m")
+    monkeypatch.chdir(work)
+    localizer.extract("m", text_file, "a.h5", layers="transformer.h.*", trainer=CPU)
+    localizer.select("a.h5", "s.h5", count=4, controls=2, log_dir=None)
+    task = write_jsonl(work / "task.jsonl", [{"text": r["text"]} for r in make_texts(8, seed=2)])
+    here = localizer.ablate("s.h5", "next-token", task_data=task, log_dir=None, trainer=CPU)
+    monkeypatch.chdir(elsewhere)
+    there = localizer.ablate(str(work / "s.h5"), "next-token", task_data=task, log_dir=None, trainer=CPU)
+    assert there["baseline"] == here["baseline"]  # the recorded (resolved) model, not ./m of this folder
+    with pytest.raises(localizer.LocalizerError, match="is not the one"):
+        localizer.ablate(str(work / "s.h5"), "next-token", model="m", task_data=task, log_dir=None, trainer=CPU)
+
+
+def test_a_percent_sign_in_the_output_name(gpt2_dir, text_file, tmp_path):
+    plain = localizer.extract(gpt2_dir, text_file, str(tmp_path / "plain.h5"), layers="transformer.h.0",
+                              segment_mb=0.001, trainer=CPU)  # fmt: skip
+    odd = localizer.extract(gpt2_dir, text_file, str(tmp_path / "100%b d%%.h5"), layers="transformer.h.0",
+                            segment_mb=0.001, trainer=CPU)  # fmt: skip
+    a, b = file_contents(plain), file_contents(odd)
+    assert np.isfinite(b["activations/transformer.h.0"]).all()
+    np.testing.assert_array_equal(a["activations/transformer.h.0"], b["activations/transformer.h.0"])
+    assert [r.problems for r in localizer.check([str(odd)])] == [[]]
+
+
+def test_counts_and_kinds_are_checked(tmp_path, capsys, acts):
+    a = str(acts)
+    msg = one_error(capsys, ["select", "--activations", a, "--out", str(tmp_path / "s.h5"), "--controls", "1000000"],
+                    "select")  # fmt: skip
+    assert "--controls 1000000 is more than 1000" in msg
+    msg = one_error(capsys, ["select", "--activations", a, "--out", str(tmp_path / "s.h5"), "--fdr", "1e-300"],
+                    "select")  # fmt: skip
+    assert "selects nothing" in msg and not (tmp_path / "s.h5").exists()
+    from localizer.ablation.ablate import control_kinds
+
+    assert control_kinds("global,global, layer_matched") == ["global", "layer_matched"]
+
+
+def test_check_refuses_a_named_pipe_without_waiting(tmp_path, capsys):
+    fifo = tmp_path / "pipe.h5"
+    os.mkfifo(fifo)
+    assert "is not a regular file" in one_error(capsys, ["check", str(fifo)], "check")
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_the_rerun_resumes(gpt2_dir, text_file, tmp_path):
+    out = tmp_path / "a.h5"
+    args = ["extract", "--model", gpt2_dir, "--stimuli", text_file, "--out", out, "--batch_size", 1, "--segment_mb",
+            "0.0001", "--layers", "transformer.h.0", *CPU_FLAGS]  # fmt: skip
+    r = run_cli(*args, extra_env={"LOCALIZER_FAILPOINT_SIGINT": "after-commit:1"})
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "localizer extract: interrupted (committed segments are kept: rerun the same command to resume)" in r.stderr
+    assert not out.exists() and len(list((tmp_path / "a.h5.shards").glob("part-*.h5"))) >= 2
+    r = run_cli(*args)
+    assert r.returncode == 0 and "resuming" in r.stderr + r.stdout, r.stderr[-2000:]
