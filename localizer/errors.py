@@ -53,6 +53,13 @@ def opt(name: str, value: object = None, step: str | None = None) -> str:
     return name if value is None else f"{name}={value!r}"
 
 
+def at_least(low: int, **values: int | None) -> None:
+    """Refuse any of ``values`` (by parameter name) below ``low``; None means "not given" and passes."""
+    for name, value in values.items():
+        if value is not None and value < low:
+            raise LocalizerError(f"{opt(name)} must be >= {low}, got {value}")
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (library errors can be pages long)."""
     text = str(e).strip() or type(e).__name__

@@ -12,7 +12,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
 
-from localizer.errors import LocalizerError, opt, step_options
+from localizer.errors import LocalizerError, at_least, opt, step_options
 from localizer.selection.options import PARAMETERS as SELECT_OPTIONS
 
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
@@ -77,6 +77,7 @@ def run(
             raise LocalizerError(
                 f"run: unknown {name} options {unknown}{where}{hint}; choose from {', '.join(sorted(known))}"
             )
+    at_least(0, seed=seed)
     trainer = _one_process(dict(trainer or {}))
     # everything about the later steps is checked before any work starts
     with step_options("select"):

@@ -140,6 +140,11 @@ def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict, pn
     logger.finalize("success")
 
 
+def _num(value, spec: str) -> str:
+    """A number for the printed tables; ``n/a`` for a value that could not be computed (null in the JSON)."""
+    return "n/a" if value is None or not np.isfinite(value) else format(value, spec)
+
+
 def print_ablation(doc: dict, file=None) -> None:
     """The localized delta of every metric beside each control kind's deltas (mean ± sd), z and p."""
     import sys
@@ -149,16 +154,16 @@ def print_ablation(doc: dict, file=None) -> None:
     kinds = [k for k in doc["delta"] if k != "localized"]
     for m in doc["metrics"]:
         print(
-            f"  {m}: baseline {doc['baseline'][m]:.4g}, localized {doc['localized'][m]:.4g} "
-            f"(delta {doc['delta']['localized'][m]:+.4g})",
+            f"  {m}: baseline {_num(doc['baseline'][m], '.4g')}, localized {_num(doc['localized'][m], '.4g')} "
+            f"(delta {_num(doc['delta']['localized'][m], '+.4g')})",
             file=out,
         )
         for k in kinds:
-            d = np.array([x[m] for x in doc["delta"][k]], dtype=float)
-            z = doc["z"][k][m]
+            d = np.array([np.nan if x[m] is None else x[m] for x in doc["delta"][k]], dtype=float)
+            sd = np.std(d, ddof=1) if len(d) > 1 else 0.0
             print(
-                f"    vs {k:<17} delta {np.mean(d):+.4g} ± {np.std(d, ddof=1) if len(d) > 1 else 0:.3g} "
-                f"(n={len(d)})  z={'n/a' if z is None else f'{z:.2f}'}  p={doc['p_empirical'][k][m]:.3g}",
+                f"    vs {k:<17} delta {_num(np.mean(d), '+.4g')} ± {_num(sd, '.3g')} (n={len(d)})  "
+                f"z={_num(doc['z'][k][m], '.2f')}  p={_num(doc['p_empirical'][k][m], '.3g')}",
                 file=out,
             )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from localizer.distributed import on_rank_zero
-from localizer.errors import LocalizerError, opt
+from localizer.errors import LocalizerError, at_least, opt
 from localizer.trainer import build_trainer, trainer_kwargs
 
 Task = Literal["classification", "next-token", "minimal-pairs", "agreement"]
@@ -114,6 +114,8 @@ def run_ablation(
     from localizer.recording.models import load_model
     from localizer.selection.result import Selection
 
+    at_least(1, batch_size=batch_size, max_length=max_length)
+    at_least(0, num_workers=num_workers, n_controls=n_controls)
     if task not in TASKS:
         raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     sel = Selection.read(selection)
@@ -161,6 +163,15 @@ def run_ablation(
     runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
     assert module.results is not None  # set by on_validation_epoch_end on every rank
     doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
+    undefined = [m for m in doc["metrics"] if doc["baseline"][m] is None]
+    if undefined:
+        import warnings
+
+        warnings.warn(
+            f"{task}: {', '.join(undefined)} could not be computed on this task data (nothing to score, e.g. texts of "
+            f"one token for next-token); they are null in the results",
+            stacklevel=2,
+        )
     results = module.results
 
     def write() -> None:  # rank 0 writes for all; a failure there reaches every rank

@@ -30,9 +30,11 @@ def parse_method(method: str) -> tuple[str, float]:
         return method, 0.0
     if method.startswith("scale="):
         try:
-            return "scale", float(method.split("=", 1)[1])
+            factor = float(method.split("=", 1)[1])
         except ValueError:
-            pass
+            factor = float("nan")
+        if np.isfinite(factor):
+            return "scale", factor
     raise LocalizerError(f"{opt('method')} must be zero, mean or scale=F, got {method!r}")
 
 

@@ -45,6 +45,38 @@ class IndexedRows(Dataset):
         return {"index": int(i), **{c: row[c] for c in self.columns}}
 
 
+def to_rgb(image):
+    """A PIL image in 8-bit RGB, its values scaled rather than clipped: 16-bit and 32-bit integer images (``I;16``,
+    ``I``) are divided by 257 when they hold 16-bit values, float images (``F``) in [0, 1] multiplied by 255."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode.startswith("I") or image.mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        top = float(a.max()) if a.size else 0.0
+        if image.mode == "F" and top <= 1.0:
+            a = a * 255.0
+        elif top > 255.0:
+            a = a / (257.0 if top <= 65535.0 else top / 255.0)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    return image.convert("RGB")
+
+
+def _chw(value: Any, index: int) -> torch.Tensor:
+    """A transform's output as a ``[C, H, W]`` tensor; an image array ``[H, W, C]`` is refused with the fix."""
+    x = torch.as_tensor(value)
+    if x.dim() != 3:
+        raise LocalizerError(f"the transform returned shape {tuple(x.shape)} (stimulus {index}); return [C, H, W]")
+    if x.shape[0] not in (1, 3, 4) and x.shape[-1] in (1, 3, 4):
+        raise LocalizerError(
+            f"the transform returned shape {tuple(x.shape)}, channels last (stimulus {index}); return [C, H, W], "
+            f"e.g. torch.as_tensor(array).permute(2, 0, 1)"
+        )
+    return x
+
+
 class Collate:
     """Turn a list of stimulus rows into one batch (see the module docstring)."""
 
@@ -77,9 +109,9 @@ class Collate:
         else:
             images = [r["image"] for r in rows]
             if self.transform is not None:
-                batch["pixel_values"] = torch.stack([torch.as_tensor(self.transform(im)) for im in images])
+                batch["pixel_values"] = torch.stack([_chw(self.transform(im), rows[0]["index"]) for im in images])
             else:
-                rgb = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
+                rgb = [to_rgb(im) for im in images]
                 batch["pixel_values"] = self.processor(images=rgb, return_tensors="pt")["pixel_values"]
             batch["pixel_values"] = batch["pixel_values"].float()
         return batch

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from localizer.errors import LocalizerError, opt
+from localizer.errors import LocalizerError, at_least, opt
 from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOptions
 from localizer.trainer import build_trainer, trainer_kwargs
 
@@ -147,6 +147,8 @@ def record(
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
 
+    at_least(1, batch_size=batch_size, max_length=max_length)
+    at_least(0, num_workers=num_workers)
     if nan_policy not in NAN_POLICIES:
         raise LocalizerError(f"unknown {opt('nan_policy')} {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
     if not segment_mb > 0:

@@ -130,7 +130,9 @@ def efficientnet_transform(image) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    image = image.convert("RGB")
+    from localizer.recording.datamodule import to_rgb
+
+    image = to_rgb(image)
     w, h = image.size
     scale = 256 / min(w, h)
     image = image.resize((max(224, round(w * scale)), max(224, round(h * scale))), Image.Resampling.BICUBIC)
@@ -317,11 +319,19 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
         ) from e
     cls = _model_class(transformers, config, modality, model_class)
     try:
-        model = cls.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    except Exception as e:
-        if not isinstance(e, (OSError, ValueError)) and not trust_remote_code:
-            raise
+        model, info = cls.from_pretrained(
+            path, dtype=torch.float32, trust_remote_code=trust_remote_code, output_loading_info=True
+        )
+    except Exception as e:  # damaged or foreign weight files fail in many ways (safetensors, torch, json)
         raise LocalizerError(f"model {spec!r}: cannot load weights as {cls.__name__}: {first_line(e)}") from e
+    wrong = {k: len(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(wrong.values()):
+        counts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in wrong.items() if n)
+        example = next(iter(info.get("missing_keys") or info.get("unexpected_keys") or info.get("mismatched_keys")))
+        raise LocalizerError(
+            f"model {spec!r}: its weights do not fit {cls.__name__} ({counts}, e.g. {example!r}); a model recorded "
+            f"with weights it did not load would be partly random"
+        )
     processor = None
     if modality == "text":
         processor = _tokenizer(tokenizer or path, padding_side, trust_remote_code)

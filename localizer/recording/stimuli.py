@@ -188,7 +188,7 @@ def _image_folder(path: Path):
             try:
                 with Image.open(p) as im:
                     im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
                 raise LocalizerError(f"{p}: unreadable image ({first_line(e)})") from e
         files += [str(p) for p in found]
         positive += [flag] * len(found)

@@ -85,6 +85,8 @@ class SelectionOptions:
                 raise LocalizerError(
                     f"{opt('range')} must be LOW-HIGH percentiles with 0 <= LOW < HIGH <= 100, got {self.range}"
                 )
+        if self.seed < 0:
+            raise LocalizerError(f"{opt('seed')} must be >= 0, got {self.seed}")
         if self.controls > MAX_CONTROLS:
             raise LocalizerError(
                 f"{opt('controls')} {self.controls} is more than {MAX_CONTROLS} sets of each kind (the smallest "
