@@ -202,3 +202,96 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes(gpt2_dir, text_file, tmp_path):
     assert not out.exists() and len(list((tmp_path / "a.h5.shards").glob("part-*.h5"))) >= 2
     r = run_cli(*args)
     assert r.returncode == 0 and "resuming" in r.stderr + r.stdout, r.stderr[-2000:]
+
+
+def test_texts_longer_than_the_model_are_truncated_and_empty_ones_refused(gpt2_dir, tmp_path, capsys):
+    from transformers import AutoModel, AutoTokenizer
+
+    rows = make_texts(10, seed=5)
+    rows[3]["text"] = " ".join(["the cat sat"] * 40)  # 120 words: more than the 64 positions of the test GPT-2
+    long = write_jsonl(tmp_path / "long.jsonl", rows)
+    with pytest.warns(UserWarning, match="1 of 10 stimulus texts are longer than the model's 64 positions"):
+        out = localizer.extract(gpt2_dir, long, str(tmp_path / "a.h5"), layers="transformer.h.0", pooling="last",
+                                trainer=CPU)  # fmt: skip
+    tok, model = AutoTokenizer.from_pretrained(gpt2_dir), AutoModel.from_pretrained(gpt2_dir)
+    ids = tok(rows[3]["text"], return_tensors="pt", truncation=True, max_length=64)["input_ids"]
+    import torch
+
+    with torch.no_grad():
+        want = model(ids, output_hidden_states=True).hidden_states[1][0, -1].numpy()  # block 0, token 64
+    np.testing.assert_allclose(file_contents(out)["activations/transformer.h.0"][3], want, rtol=1e-4, atol=1e-5)
+
+    from tokenizers import normalizers  # a tokenizer that drops zero-width spaces: such a text has no token at all
+
+    shutil.copytree(gpt2_dir, tmp_path / "m")
+    tok.backend_tokenizer.normalizer = normalizers.Replace("\u200b", "")
+    tok.save_pretrained(tmp_path / "m")
+    rows[5]["text"] = "\u200b\u200b"
+    empty = write_jsonl(tmp_path / "empty.jsonl", rows)
+    msg = one_error(capsys, ["extract", "--model", str(tmp_path / "m"), "--stimuli", empty, "--out",
+                             str(tmp_path / "e.h5"), *CPU_FLAGS], "extract")  # fmt: skip
+    assert "stimulus 5" in msg and "has no tokens" in msg
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped():
+    from PIL import Image
+
+    from localizer.recording.datamodule import to_rgb
+
+    ramp = (np.arange(256 * 4, dtype=np.uint32).reshape(4, 256) * 64).clip(0, 65535).astype(np.uint16)
+    image = Image.fromarray(ramp)
+    assert image.mode == "I;16"
+    got = np.asarray(to_rgb(image))[..., 0]
+    np.testing.assert_array_equal(got, np.rint(ramp / 257).astype(np.uint8))
+    assert len(np.unique(got)) > 200  # a clip to 255 would leave a handful of values
+    f = Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8))
+    assert np.asarray(to_rgb(f))[..., 0].max() == 255
+
+
+def test_weights_that_do_not_fit_are_refused(gpt2_dir, bert_dir, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(gpt2_dir, mixed)
+    shutil.copy(os.path.join(bert_dir, "model.safetensors"), mixed / "model.safetensors")  # GPT-2 config, BERT weights
+    msg = one_error(capsys, ["extract", "--model", str(mixed), "--stimuli", "tom", "--out", str(tmp_path / "a.h5"),
+                             *CPU_FLAGS], "extract")  # fmt: skip
+    assert "its weights do not fit GPT2LMHeadModel" in msg and "missing keys" in msg
+    (mixed / "model.safetensors").write_bytes(b"\0" * 100)  # damaged
+    msg = one_error(capsys, ["extract", "--model", str(mixed), "--stimuli", "tom", "--out", str(tmp_path / "a.h5"),
+                             *CPU_FLAGS], "extract")  # fmt: skip
+    assert "cannot load weights" in msg
+
+
+def test_metrics_that_cannot_be_computed_are_null(gpt2_dir, text_file, tmp_path, capsys):
+    import json
+
+    a = localizer.extract(gpt2_dir, text_file, str(tmp_path / "a.h5"), layers="transformer.h.*", trainer=CPU)
+    localizer.select(str(a), str(tmp_path / "s.h5"), count=3, controls=2, log_dir=None)
+    one_word = write_jsonl(tmp_path / "t.jsonl", [{"text": "cat"}, {"text": "dog"}])  # nothing to predict
+    argv = ["ablate", "--selection", str(tmp_path / "s.h5"), "--task", "next-token", "--task_data", one_word,
+            "--out", str(tmp_path / "r.json"), "--log_dir", "null", *CPU_FLAGS]  # fmt: skip
+    with pytest.warns(UserWarning, match="could not be computed"):
+        assert main(argv) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["baseline"]["accuracy"] is None and doc["delta"]["localized"]["cross_entropy"] is None
+    assert "accuracy: baseline n/a" in capsys.readouterr().out
+    msg = one_error(capsys, [*argv[:-4], "--method", "scale=nan", "--overwrite"], "ablate")
+    assert "--method must be zero, mean or scale=F" in msg
+
+
+def test_numbers_out_of_range_are_one_line(gpt2_dir, text_file, tmp_path, capsys, acts):
+    base = ["extract", "--model", gpt2_dir, "--stimuli", text_file, "--out", str(tmp_path / "x.h5"), *CPU_FLAGS]
+    for option, value, message in (("--max_length", "0", "--max_length must be >= 1"),
+                                   ("--num_workers", "-1", "--num_workers must be >= 0"),
+                                   ("--batch_size", "0", "--batch_size must be >= 1")):  # fmt: skip
+        assert message in one_error(capsys, [*base, option, value], "extract")
+    msg = one_error(capsys, ["select", "--activations", str(acts), "--out", str(tmp_path / "s.h5"), "--seed", "-1"],
+                    "select")  # fmt: skip
+    assert "--seed must be >= 0" in msg
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "s.h5").exists()
+
+
+def test_a_transform_with_channels_last_is_named(resnet_dir, image_folder, tmp_path, capsys):
+    argv = ["extract", "--model", resnet_dir, "--stimuli", image_folder, "--out", str(tmp_path / "a.h5"),
+            "--transform", "numpy:asarray", *CPU_FLAGS]  # fmt: skip
+    msg = one_error(capsys, argv, "extract")
+    assert "channels last" in msg or "return [C, H, W]" in msg

@@ -111,6 +111,7 @@ def run_ablation(
     from localizer.ablation.summary import summarize
     from localizer.ablation.tasks import TASKS, make_task
     from localizer.files.outputs import check_outputs, input_files
+    from localizer.recording.datamodule import fit_texts
     from localizer.recording.models import load_model
     from localizer.selection.result import Selection
 
@@ -150,6 +151,9 @@ def run_ablation(
             f"fingerprint); pass the recorded model ({attrs.get('model', '?')}) or select again on this one"
         )
     conditions = build_conditions(sel, method, kinds, n_controls, sweep)
+    if kind == "text" and loaded.processor is not None:
+        texts = list(data["good"]) + list(data["bad"]) if task == "minimal-pairs" else list(data["text"])
+        max_length = fit_texts(texts, loaded.processor, max_length, loaded.max_positions, "task data")
     the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
     module = AblationModule(loaded.model, the_task, conditions, str(attrs["pooling"]), kind)
     kwargs = trainer_kwargs(trainer)

@@ -77,6 +77,30 @@ def _chw(value: Any, index: int) -> torch.Tensor:
     return x
 
 
+def fit_texts(texts: list[str], tokenizer: Any, max_length: int | None, limit: int | None, what: str) -> int | None:
+    """Tokenize every text once, as the collation will (special tokens included): refuse a text without any token,
+    and return the ``max_length`` to collate with — the one given, or the model's position ``limit`` when some texts
+    are longer than the model takes (they are truncated to it, with one warning saying how many)."""
+    texts = list(texts)
+    lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+    empty = next((i for i, n in enumerate(lengths) if n == 0), None)
+    if empty is not None:
+        raise LocalizerError(f"{what} {empty} ({texts[empty]!r}) has no tokens for this tokenizer; remove or fix it")
+    if limit is None or (max_length is not None and max_length <= limit):
+        return max_length
+    too_long = sum(n > limit for n in lengths)
+    if too_long:
+        import warnings
+
+        warnings.warn(
+            f"{too_long} of {len(lengths)} {what} texts are longer than the model's {limit} positions; they are "
+            f"truncated to their first {limit} tokens (set max_length to choose)",
+            stacklevel=2,
+        )
+        return limit
+    return max_length
+
+
 class Collate:
     """Turn a list of stimulus rows into one batch (see the module docstring)."""
 

@@ -142,7 +142,7 @@ def record(
     from localizer.files.outputs import check_output, check_outputs, input_files, source_name
     from localizer.files.resume import check_partial, check_segment_folder, committed_rows
     from localizer.files.writer import NAN_POLICIES, HDF5ActivationWriter
-    from localizer.recording.datamodule import LocalizerDataModule
+    from localizer.recording.datamodule import LocalizerDataModule, fit_texts
     from localizer.recording.models import LoadedModel, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
@@ -196,13 +196,16 @@ def record(
     recorder = ActivationRecorder(
         loaded.model, layers, pooling, modality=kind, model_name=loaded.name, model_class=loaded.model_class
     )
+    collate_length = max_length
+    if kind == "text" and loaded.processor is not None:
+        collate_length = fit_texts(stimuli["text"], loaded.processor, max_length, loaded.max_positions, "stimulus")
     data = LocalizerDataModule(
         stimuli,
         loaded.processor,
         loaded.transform,
         batch_size=batch_size,
         num_workers=num_workers,
-        max_length=max_length,
+        max_length=collate_length,
     )
     kwargs = trainer_kwargs(trainer)
     key = {

@@ -41,6 +41,7 @@ class LoadedModel:
         transform: a user callable mapping one PIL image to a ``[C, H, W]`` tensor (replaces the image processor).
         is_hf: whether ``model`` is a Hugging Face ``PreTrainedModel`` (called with keyword inputs).
         files: the files the weights were read from (fingerprinted instead of the tensors; empty: the tensors).
+        max_positions: the most tokens the model takes (its position embeddings), when it has such a limit.
     """
 
     model: nn.Module
@@ -50,6 +51,7 @@ class LoadedModel:
     transform: Callable | None = None
     is_hf: bool = False
     files: tuple[Path, ...] = ()
+    max_positions: int | None = None
     _fingerprint: str | None = None
 
     def fingerprint(self) -> str:
@@ -344,7 +346,10 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
                 f"({first_line(e)})"
             ) from e
     name = str(Path(spec).resolve()) if Path(spec).exists() else spec  # recorded so that any folder finds it
-    return LoadedModel(model.eval(), name, cls.__name__, processor, transform, True, _weight_files(path))
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if limit and hasattr(sys.modules.get(type(model).__module__), "create_position_ids_from_input_ids"):
+        limit -= int(getattr(config, "pad_token_id", 0) or 0) + 1  # RoBERTa family: positions start after padding
+    return LoadedModel(model.eval(), name, cls.__name__, processor, transform, True, _weight_files(path), limit)
 
 
 def _model_class(transformers, config, modality: str, forced: str | None):
