@@ -295,3 +295,40 @@ def test_a_transform_with_channels_last_is_named(resnet_dir, image_folder, tmp_p
             "--transform", "numpy:asarray", *CPU_FLAGS]  # fmt: skip
     msg = one_error(capsys, argv, "extract")
     assert "channels last" in msg or "return [C, H, W]" in msg
+
+
+def test_select_and_ablate_refuse_files_that_check_refuses(tmp_path, capsys):
+    layers, positive = synthetic(n_pos=10, n_ctl=10, units=(12,))
+    lying = write_activation_file(tmp_path / "n.h5", layers, positive)
+    with h5py.File(lying, "a") as f:
+        f.attrs["n_stimuli"] = 7  # the datasets hold 20 rows
+    ints = write_activation_file(tmp_path / "i.h5", layers, positive)
+    with h5py.File(ints, "a") as f:
+        del f["positive"]
+        f["positive"] = positive.astype(np.int64)
+    for path in (lying, ints):
+        found = localizer.check([str(path)])[0].problems
+        assert found, path
+        msg = one_error(capsys, ["select", "--activations", str(path), "--out", str(tmp_path / "s.h5")], "select")
+        assert found[0] in msg and not (tmp_path / "s.h5").exists()
+
+
+def test_a_layer_that_runs_twice_per_forward_is_refused():
+    import torch
+
+    from localizer.recording.recorder import ActivationRecorder
+
+    class Shared(torch.nn.Module):  # one block applied at two depths (ALBERT's shared layer group)
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 8)
+            self.block = torch.nn.Linear(8, 8)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.block(torch.relu(self.block(self.embed(input_ids))))
+
+    batch = {"input_ids": torch.tensor([[1, 2, 3]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)}
+    with pytest.raises(localizer.LocalizerError, match=r"'block' runs 2 times in one forward pass"):
+        ActivationRecorder(Shared(), "block", "mean", modality="text")(batch)
+    once = ActivationRecorder(Shared(), "embed", "mean", modality="text")(batch)  # a module that runs once is fine
+    assert once["embed"].shape == (1, 8)

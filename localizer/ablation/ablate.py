@@ -119,6 +119,9 @@ def run_ablation(
     at_least(0, num_workers=num_workers, n_controls=n_controls)
     if task not in TASKS:
         raise LocalizerError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    from localizer.files.check import require_valid
+
+    require_valid(selection, "selection")
     sel = Selection.read(selection)
     attrs = sel.attrs
     check_outputs(

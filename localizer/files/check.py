@@ -37,6 +37,18 @@ class FileReport:
         return not self.problems
 
 
+def require_valid(path: str | os.PathLike, kind: str, values: bool = True) -> None:
+    """Refuse ``path`` unless ``localizer check`` finds it a sound file of ``kind`` (``activations`` or
+    ``selection``): the first problem it finds, in one line. ``values=False`` skips the NaN/inf scan."""
+    found, _, problems = check_file(path, values)
+    if found != kind:
+        what = {"activations": "an activation file", "selection": "a selection file"}[kind]
+        raise LocalizerError(f"{path}: not {what} ({problems[0] if problems else f'it is a {found} file'})")
+    if problems:
+        more = f" (and {len(problems) - 1} more; `localizer check {path}` lists them)" if len(problems) > 1 else ""
+        raise LocalizerError(f"{path}: {problems[0]}{more}")
+
+
 def check(files: list[str]) -> list[FileReport]:
     """Verify activation and selection files: format version, shapes, /index = 0..N-1 with no gap or duplicate,
     no NaN/inf, every segment file present, complete and mapped to its own stimuli. Nothing is modified.
@@ -54,7 +66,7 @@ def check(files: list[str]) -> list[FileReport]:
     return [FileReport(str(path), *check_file(path)) for path in paths]
 
 
-def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
+def check_file(path: str | os.PathLike, values: bool = True) -> tuple[str, str, list[str]]:
     """Check one file → ``(kind, summary, problems)``; kind is ``activations``, ``selection`` or ``unknown``.
 
     Raises:
@@ -74,7 +86,7 @@ def check_file(path: str | os.PathLike) -> tuple[str, str, list[str]]:
     with f:
         try:
             if "activations" in f:
-                return ("activations", *_check_activations(f, path))
+                return ("activations", *_check_activations(f, path, values))
             if "mask" in f:
                 return ("selection", *_check_selection(f))
         except Exception as e:  # damage below the root that no section caught
@@ -107,7 +119,7 @@ def _layers(f, problems: list[str]) -> list[str]:
         return []
 
 
-def _check_activations(f, path: Path) -> tuple[str, list[str]]:
+def _check_activations(f, path: Path, values: bool = True) -> tuple[str, list[str]]:
     problems: list[str] = []
     _version(f, problems)
     layers = _layers(f, problems)
@@ -173,7 +185,8 @@ def _check_activations(f, path: Path) -> tuple[str, list[str]]:
         except LocalizerError as e:
             problems.append(str(e))
         problems += _check_segments(path, n, positive, {x: group[x].shape[1] for x in good}, sources)
-    problems += _check_finite(group, good)
+    if values:  # the NaN/inf scan reads every value (select does it itself while it reads)
+        problems += _check_finite(group, good)
     n_pos = int(positive.sum()) if positive is not None else "?"
     summary = f"activation file, format 1: {n} stimuli ({n_pos} positive), {len(layers)} layers, {units} units" + (
         f", {len(sources)} segment files" if sources else ", stored in the file"

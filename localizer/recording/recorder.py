@@ -66,10 +66,13 @@ class ActivationRecorder(L.LightningModule):
         self.model_name = model_name or type(model).__name__
         self.model_class = model_class or type(model).__name__
         self.call_model = ModelCaller(model, modality)
+        self._calls_checked = False
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``batch`` (see :mod:`localizer.recording.datamodule`) → ``{layer: [B, U_layer] float32}``, in recording
         order."""
+        if not self._calls_checked:
+            self._check_single_calls(batch)
         mask = batch.get("attention_mask")
         pooled: dict[str, torch.Tensor] = {}
 
@@ -88,6 +91,26 @@ class ActivationRecorder(L.LightningModule):
                 f"skip them); choose other layers"
             )
         return {layer: pooled[layer] for layer in self.layers}
+
+    def _check_single_calls(self, batch: dict[str, Any]) -> None:
+        """One whole forward pass counting how often each layer runs: a module that runs several times per forward
+        (a layer shared across depth, as in ALBERT) is refused, because recording would keep one call while
+        ablation silences every call."""
+        calls: dict[str, int] = dict.fromkeys(self.layers, 0)
+
+        def count(layer: str, output: torch.Tensor) -> None:
+            calls[layer] += 1
+
+        with trace(self.model, self.layers, count):
+            self.call_model(batch)
+        shared = {layer: n for layer, n in calls.items() if n > 1}
+        if shared:
+            layer, n = next(iter(shared.items()))
+            raise LocalizerError(
+                f"layer {layer!r} runs {n} times in one forward pass (a module shared across depth); recording keeps "
+                f"one call but ablation would silence all {n}: choose modules that run once (e.g. a wrapper per call)"
+            )
+        self._calls_checked = True
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
         return self(batch)
