@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from localizer.errors import LocalizerError
-from localizer.files.segments import STRING, fsync_dir
+from localizer.files.segments import STRING, fsync_dir, require_space
 
 FORMAT_VERSION = 1
 
@@ -136,6 +136,7 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
             split[info["index"]] = info["split"]
 
     tmp = out.with_name(out.name + ".tmp")
+    require_space(out.parent, 32 * n_stimuli + (64 << 10) * (len(layers) + 1), "the master file")
     try:
         with h5py.File(tmp, "w") as f:
             group = f.create_group("activations")

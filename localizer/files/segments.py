@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +17,24 @@ import numpy as np
 from localizer.errors import LocalizerError
 
 STRING = h5py.string_dtype("utf-8")
+MARGIN = 1 << 20  # bytes kept free beyond an estimate: HDF5 must never be the one that meets a full disk
+
+
+def require_space(folder: Path, nbytes: float, what: str) -> None:
+    """Refuse to write ``nbytes`` (an estimate) into ``folder`` unless that much and :data:`MARGIN` more is free.
+
+    HDF5 meeting ENOSPC in the middle of a write leaves handles that cannot be closed (errors at exit, a segfault):
+    checking first turns a full disk into one line, before HDF5 writes anything.
+    """
+    from localizer.distributed import failpoint
+
+    failpoint(f"space:{what}", 0)
+    free = shutil.disk_usage(folder).free
+    if free < nbytes + MARGIN:
+        raise LocalizerError(
+            f"no space left on the device of {folder} for {what}: about {(nbytes + MARGIN) / 2**20:.1f} MB needed, "
+            f"{free / 2**20:.1f} MB free"
+        )
 
 
 class SegmentWriter:
@@ -36,6 +55,7 @@ class SegmentWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.chunk_bytes, self.max_bytes, self.buffer_bytes = path, chunk_bytes, max_bytes, buffer_bytes
         self.tmp = path.with_name(path.name + ".part")
+        require_space(path.parent, 64 << 10, "a segment")
         self.file = h5py.File(self.tmp, "w", rdcc_nbytes=4 << 20)
         self.file.attrs["complete"] = False
         self.rows = self.nbytes = 0
@@ -78,6 +98,7 @@ class SegmentWriter:
         """Write the buffered rows: one resize and one write per dataset."""
         if not self._pending:
             return
+        require_space(self.tmp.parent, 1.1 * self._pending_bytes + 64 * len(self._pending) + (64 << 10), "a segment")
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         n = self.file["index"].shape[0]
         index = np.concatenate([p[0] for p in pending])
@@ -103,6 +124,7 @@ class SegmentWriter:
             ds = self.group[layer]
             ds.resize((n + b, self.units[layer]))
             ds[n:] = np.concatenate([p[3][layer] for p in pending])
+        self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
 
     def commit(self, layers: list[str], before_rename=None) -> Path:
         """Mark complete, close, fsync and rename: from here on the rows survive any crash.
@@ -123,8 +145,12 @@ class SegmentWriter:
         return self.path
 
     def discard(self) -> None:
+        """Drop the open segment (an error, not a crash): close it whatever state it is in, delete it."""
         self._pending = []
-        self.file.close()
+        try:
+            self.file.close()
+        except Exception:  # a failed write can leave HDF5 unable to flush; the file is deleted anyway
+            pass
         self.tmp.unlink(missing_ok=True)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from localizer.errors import LocalizerError
 from localizer.files.activations import FORMAT_VERSION, _existing_file, read_version
+from localizer.files.segments import require_space
 
 STAT_NAMES = (
     "t",
@@ -61,6 +62,9 @@ def write_selection_file(
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    units = sum(len(m) for m in mask.values())
+    n_sets = sum(len(sets) for sets in controls.values())
+    require_space(path.parent, units * (8 * len(STAT_NAMES) + 16 + n_sets) + (32 << 10) * len(layers), "the selection")
     try:
         with h5py.File(tmp, "w") as f:
             for name in STAT_NAMES:
