@@ -55,7 +55,7 @@ def run(
     from localizer.ablation.ablate import control_kinds, run_ablation
     from localizer.ablation.masking import parse_method
     from localizer.ablation.tasks import TASKS, load_task_data
-    from localizer.files.outputs import source_name
+    from localizer.files.outputs import check_log_dir, source_name
     from localizer.recording.extract import extract
     from localizer.recording.models import load_model
     from localizer.recording.stimuli import load_stimuli, modality
@@ -78,6 +78,7 @@ def run(
                 f"run: unknown {name} options {unknown}{where}{hint}; choose from {', '.join(sorted(known))}"
             )
     at_least(0, seed=seed)
+    check_log_dir(log_dir)
     trainer = _one_process(dict(trainer or {}))
     # everything about the later steps is checked before any work starts
     with step_options("select"):

@@ -389,3 +389,36 @@ def test_a_failed_master_write_keeps_the_segments_for_the_rerun(gpt2_dir, text_f
     r = run_cli(*args)
     assert r.returncode == 0 and "37 of 37 stimuli already recorded" in r.stderr + r.stdout, r.stderr[-2000:]
     assert localizer.check([str(tmp_path / "a.h5")])[0].ok
+
+
+def test_more_bad_environments_are_one_line(gpt2_dir, text_file, image_folder, tmp_path, capsys, acts):
+    import struct
+    import zlib
+
+    (tmp_path / "afile").write_text("")
+    argv = [
+        "select",
+        "--activations",
+        str(acts),
+        "--out",
+        str(tmp_path / "s.h5"),
+        "--log_dir",
+        str(tmp_path / "afile" / "logs"),
+    ]
+    assert "is a file, not a folder" in one_error(capsys, argv, "select")
+    assert not (tmp_path / "s.h5").exists()  # refused before anything was written
+    base = ["extract", "--model", gpt2_dir, "--stimuli", text_file, "--out", str(tmp_path / "x.h5")]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "invalid trainer options" in one_error(capsys, [*base, "--trainer.accelerator", "gpu"], "extract")
+    assert "invalid strategy name" in one_error(capsys, [*base, "--trainer.strategy", "bogus"], "extract")
+
+    bombs = tmp_path / "bombs"
+    shutil.copytree(image_folder, bombs)
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # a PNG header that claims 30000 x 30000 pixels
+    png = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    (bombs / "positive" / "huge.png").write_bytes(png + b"\0" * 64)
+    msg = one_error(capsys, ["extract", "--model", gpt2_dir, "--stimuli", str(bombs), "--out", str(tmp_path / "b.h5")],
+                    "extract")  # fmt: skip
+    assert "huge.png" in msg and "unreadable image" in msg

@@ -110,7 +110,7 @@ def run_ablation(
     from localizer.ablation.module import AblationDataModule, AblationModule, build_conditions
     from localizer.ablation.summary import summarize
     from localizer.ablation.tasks import TASKS, make_task
-    from localizer.files.outputs import check_outputs, input_files
+    from localizer.files.outputs import check_log_dir, check_outputs, input_files
     from localizer.recording.datamodule import fit_texts
     from localizer.recording.models import load_model
     from localizer.selection.result import Selection
@@ -132,6 +132,7 @@ def run_ablation(
             "task_data": input_files(task_data) if isinstance(task_data, (str, os.PathLike)) else [],
         },
     )
+    check_log_dir(log_dir)
     if sel.n_selected == 0:
         raise LocalizerError(f"{selection}: the selection holds no unit; there is nothing to ablate")
     kinds = control_kinds(controls)

@@ -81,3 +81,15 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
                         f"{opt(name)} {path} is an input ({opt(source)}){shown}; localizer never writes over its "
                         f"inputs: choose another output path"
                     )
+
+
+def check_log_dir(log_dir: str | os.PathLike | None) -> None:
+    """Refuse a TensorBoard folder that cannot be created (a file on its way), before any work is done."""
+    if log_dir is None:
+        return
+    path = Path(log_dir)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise LocalizerError(f"{opt('log_dir')} {log_dir}: {existing} is a file, not a folder")
+    if existing is not None and not os.access(existing, os.W_OK):
+        raise LocalizerError(f"{opt('log_dir')} {log_dir}: {existing} is not writable")

@@ -139,7 +139,7 @@ def record(
     in the file), ``transform`` a callable, and the selection rule a :class:`SelectionOptions`."""
 
     from localizer.files.activations import segment_files
-    from localizer.files.outputs import check_output, check_outputs, input_files, source_name
+    from localizer.files.outputs import check_log_dir, check_output, check_outputs, input_files, source_name
     from localizer.files.resume import check_partial, check_segment_folder, committed_rows
     from localizer.files.writer import NAN_POLICIES, HDF5ActivationWriter
     from localizer.recording.datamodule import LocalizerDataModule, fit_texts
@@ -166,6 +166,8 @@ def record(
         },
     )
     check_segment_folder(out)
+    if selection is not None:
+        check_log_dir(log_dir)
     finished = resume and not overwrite and out.exists()
     if not finished:
         check_output(out, overwrite)

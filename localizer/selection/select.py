@@ -77,13 +77,14 @@ def select_file(
 
     from localizer.files.activations import open_activations, segment_files
     from localizer.files.check import require_valid
-    from localizer.files.outputs import check_outputs
+    from localizer.files.outputs import check_log_dir, check_outputs
     from localizer.selection.compute import finish_selection
     from localizer.selection.metric import LOCALIZE, VALIDATION, UnitStatistics, half_assignment
     from localizer.selection.rules import UnitLayout
 
     require_valid(activations, "activations", values=False)  # check's rules; values are checked while reading
     check_outputs({"out": out}, {"activations": [Path(activations), *segment_files(activations)]})
+    check_log_dir(log_dir)
     options = options or SelectionOptions()
     with open_activations(activations) as (f, meta):
         layers = meta["layers"]
