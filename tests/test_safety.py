@@ -189,6 +189,11 @@ def test_check_refuses_a_named_pipe_without_waiting(tmp_path, capsys):
     fifo = tmp_path / "pipe.h5"
     os.mkfifo(fifo)
     assert "is not a regular file" in one_error(capsys, ["check", str(fifo)], "check")
+    argv = ["select", "--activations", str(fifo), "--out", str(tmp_path / "s.h5")]
+    assert "not a regular file" in one_error(capsys, argv, "select")
+    msg = one_error(capsys, ["extract", "--model", "m", "--stimuli", str(fifo), "--out", str(tmp_path / "a.h5")],
+                    "extract")  # fmt: skip
+    assert "not a regular file" in msg
 
 
 @pytest.mark.slow

@@ -155,6 +155,8 @@ def _read_source(source, hub_split: str):
             except Exception as e:
                 raise LocalizerError(f"{source}: not a readable save_to_disk dataset: {first_line(e)}") from e
         return _hub(str(path), hub_split)  # a local dataset repository with data files
+    if path.exists():  # a named pipe, a socket or a device: never opened (a pipe would block)
+        raise LocalizerError(f"{source}: not a regular file or folder")
     if os.sep in str(source) and not _looks_like_hub_id(str(source)):
         raise LocalizerError(f"{source}: no such file or directory")
     return _hub(str(source), hub_split)
