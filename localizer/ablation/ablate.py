@@ -130,6 +130,9 @@ def run_ablation(
             "selection": [Path(selection)],
             "model": input_files(model or (None if loaded is not None else str(attrs.get("model", "")) or None)),
             "task_data": input_files(task_data) if isinstance(task_data, (str, os.PathLike)) else [],
+            "the stimuli recorded in the selection": input_files(str(attrs.get("stimuli", "")) or None)
+            if task_data is None
+            else [],
         },
     )
     check_log_dir(log_dir)

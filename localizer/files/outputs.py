@@ -77,8 +77,9 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
             for f in files:
                 if resolved == f.resolve() or (identity and identity == _identity(f)):
                     shown = "" if f.resolve() == resolved else f" (the same file as {f})"
+                    label = opt(source) if source.isidentifier() else source  # a parameter, or a description
                     raise LocalizerError(
-                        f"{opt(name)} {path} is an input ({opt(source)}){shown}; localizer never writes over its "
+                        f"{opt(name)} {path} is an input ({label}){shown}; localizer never writes over its "
                         f"inputs: choose another output path"
                     )
 

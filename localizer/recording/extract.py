@@ -292,5 +292,5 @@ def _finished(out: Path, key: dict[str, Any], selection, options, overwrite: boo
         select_file(out, selection, options, log_dir=log_dir)
     from lightning.pytorch.utilities import rank_zero_info
 
-    rank_zero_info(f"{out} is complete and was recorded with these settings; nothing to resume")
+    rank_zero_info(f"{out} is complete; nothing to resume (it was recorded with these settings)")
     return out
