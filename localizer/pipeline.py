@@ -55,7 +55,7 @@ def run(
     from localizer.ablation.ablate import control_kinds, run_ablation
     from localizer.ablation.masking import parse_method
     from localizer.ablation.tasks import TASKS, load_task_data
-    from localizer.files.outputs import check_log_dir, source_name
+    from localizer.files.outputs import check_log_dir, check_outputs, input_files, source_name
     from localizer.recording.extract import extract
     from localizer.recording.models import load_model
     from localizer.recording.stimuli import load_stimuli, modality
@@ -101,6 +101,17 @@ def run(
         elif "split" not in data.column_names or "validation" not in set(data["split"]):
             raise LocalizerError(f"task {spec['task']} has data: null but stimuli {stimuli} have no validation rows")
     out = Path(output_dir)
+    folders = [out, out / "untrained"] if untrained else [out]
+    written = [f / name for f in folders for name in ("activations.h5", "selection.h5", "summary.txt")]
+    written += [f / f"results_{spec['task']}.json" for f in folders for spec in tasks]
+    check_outputs(
+        {f"the run's {path.relative_to(out)}": path for path in written},
+        {
+            "stimuli": input_files(stimuli),
+            "model": input_files(model),
+            "control": input_files(extract_options.get("control")),
+        },
+    )
     out.mkdir(parents=True, exist_ok=True)
     kind = modality(data)
     loaded = load_model(

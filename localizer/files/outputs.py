@@ -59,6 +59,11 @@ def input_files(source: str | os.PathLike | None) -> list[Path]:
     return []
 
 
+def _label(name: str) -> str:
+    """A parameter as the user wrote it (``--out``), or a description as it is (``the recorded stimuli``)."""
+    return opt(name) if name.isidentifier() else name
+
+
 def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, list[Path]]) -> None:
     """Refuse, before any work and whatever ``overwrite`` says, an output that is one of the inputs or another
     output: same resolved path, or the same file through a symlink or hard link (device and inode).
@@ -72,15 +77,14 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
         resolved, identity = path.resolve(), _identity(path)
         for other, other_path in named[i + 1 :]:
             if resolved == other_path.resolve() or (identity and identity == _identity(other_path)):
-                raise LocalizerError(f"{opt(name)} and {opt(other)} are the same file ({path}); give two paths")
+                raise LocalizerError(f"{_label(name)} and {_label(other)} are the same file ({path}); give two paths")
         for source, files in inputs.items():
             for f in files:
                 if resolved == f.resolve() or (identity and identity == _identity(f)):
                     shown = "" if f.resolve() == resolved else f" (the same file as {f})"
-                    label = opt(source) if source.isidentifier() else source  # a parameter, or a description
                     raise LocalizerError(
-                        f"{opt(name)} {path} is an input ({label}){shown}; localizer never writes over its "
-                        f"inputs: choose another output path"
+                        f"{_label(name)} {path} is an input ({_label(source)}){shown}; localizer never writes over "
+                        f"its inputs: choose another output path"
                     )
 
 
