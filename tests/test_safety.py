@@ -81,7 +81,7 @@ def test_a_folder_localizer_did_not_create_is_never_emptied(gpt2_dir, text_file,
 def test_the_weights_fingerprint_covers_every_byte_and_is_cached(tmp_path, monkeypatch):
     import torch
 
-    from localizer.recording.models import files_fingerprint, weights_fingerprint
+    from localizer.recording.fingerprint import files_fingerprint, weights_fingerprint
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(100, 100), torch.nn.Linear(100, 100)

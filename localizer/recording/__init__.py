@@ -2,8 +2,9 @@
 
 ``stimuli`` (load and validate stimulus sets; ``builtin`` the shipped ones), ``datamodule`` (batches that keep their
 dataset indices), ``models`` (load any network and call it the same way everywhere), ``layers`` (names, globs,
-``auto``, pooling), ``hooks`` (forward hooks as context managers), ``recorder`` (the LightningModule), ``extract``
-(the whole step in one call, writing through :mod:`localizer.files`).
+``auto``, pooling), ``fingerprint`` (what identifies a model's weights), ``hooks`` (forward hooks as context
+managers), ``recorder`` (the LightningModule), ``extract`` (the whole step in one call, writing through
+:mod:`localizer.files`).
 """
 
 from localizer._lazy import lazy
@@ -24,6 +25,8 @@ _NAMES = {
     "auto_layers": "localizer.recording.layers",
     "pool": "localizer.recording.layers",
     "trace": "localizer.recording.hooks",
+    "weights_fingerprint": "localizer.recording.fingerprint",
+    "files_fingerprint": "localizer.recording.fingerprint",
 }
 __all__ = list(_NAMES)
 __getattr__, __dir__ = lazy(__name__, _NAMES)

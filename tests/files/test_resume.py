@@ -278,7 +278,7 @@ def test_an_unreadable_segment_is_named_and_the_folder_is_not_left_locked(setup,
 def test_weights_fingerprint_tells_checkpoints_apart():
     import torch
 
-    from localizer.recording.models import weights_fingerprint
+    from localizer.recording.fingerprint import weights_fingerprint
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
