@@ -174,6 +174,7 @@ def run_ablation(
     runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
     assert module.results is not None  # set by on_validation_epoch_end on every rank
     doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
+    doc["provenance"] = _provenance(loaded, selection, attrs, task_data, len(data), method)
     undefined = [m for m in doc["metrics"] if doc["baseline"][m] is None]
     if undefined:
         import warnings
@@ -252,3 +253,31 @@ def _task_data(task_data, attrs, task):
         raise LocalizerError(f"stimuli {source} have no validation rows; pass {opt('task_data')}")
     rows = stimuli.filter(lambda s: s == "validation", input_columns="split")
     return validate_task_data(rows, task, name=f"validation rows of {source}")
+
+
+def _provenance(loaded, selection, attrs, task_data, rows: int, method: str) -> dict[str, Any]:
+    """What a results document was computed from: enough to cite it and to rerun it."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    import localizer
+    from localizer.files.outputs import source_name
+
+    if isinstance(task_data, (str, os.PathLike)):
+        data = source_name(task_data)
+    elif task_data is None:
+        data = f"validation rows of {attrs.get('stimuli', '?')}"
+    else:
+        data = type(task_data).__name__
+    return {
+        "localizer": localizer.__version__,
+        "model": source_name(loaded.name),
+        "weights": loaded.fingerprint(),
+        "selection": str(Path(selection).resolve()),
+        "selection_sha256": hashlib.sha256(Path(selection).read_bytes()).hexdigest(),
+        "task_data": data,
+        "rows": rows,
+        "seed": json.loads(str(attrs.get("selection", "{}"))).get("seed"),
+        "method": method,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

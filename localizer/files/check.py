@@ -54,15 +54,26 @@ def check(files: list[str]) -> list[FileReport]:
     no NaN/inf, every segment file present, complete and mapped to its own stimuli. Nothing is modified.
 
     Args:
-        files: activation or selection files (.h5).
+        files: activation or selection files (.h5), results documents (.json), or folders: a folder stands for every
+            .h5 and .json file in it and below it (a ``localizer run`` folder), segment folders aside.
 
     Returns:
         one :class:`FileReport` per file, in order.
 
     Raises:
-        LocalizerError: a path does not exist or is a folder (bad input, not a damaged file).
+        LocalizerError: a path does not exist, or a folder holds no such file (bad input, not a damaged file).
     """
-    paths = [files] if isinstance(files, (str, os.PathLike)) else list(files)
+    paths: list[Path] = []
+    for given in [files] if isinstance(files, (str, os.PathLike)) else list(files):
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in (".h5", ".json") and p.is_file()
+                           and not any(part.endswith(".shards") for part in p.relative_to(path).parts))  # fmt: skip
+            if not found:
+                raise LocalizerError(f"{path} is a folder without .h5 or .json files to check")
+            paths += found
+        else:
+            paths.append(path)
     return [FileReport(str(path), *check_file(path)) for path in paths]
 
 
@@ -79,6 +90,8 @@ def check_file(path: str | os.PathLike, values: bool = True) -> tuple[str, str, 
         raise LocalizerError(f"{path} is a folder; give an .h5 file")
     if not path.is_file():  # a named pipe or a device would block the reader
         raise LocalizerError(f"{path} is not a regular file")
+    if path.suffix == ".json":
+        return _check_results(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -358,3 +371,27 @@ def _check_controls(f, sizes: dict[str, int], mask: np.ndarray, problems: list[s
             elif c.sum() != mask.sum():
                 problems.append(f"/controls/{kind}/{i} has {int(c.sum())} units, the selection {int(mask.sum())}")
     return n_sets
+
+
+RESULT_KEYS = ("task", "metrics", "method", "n_selected", "baseline", "localized", "controls", "delta", "z",
+               "p_empirical")  # fmt: skip
+
+
+def _check_results(path: Path) -> tuple[str, str, list[str]]:
+    """A results document of ``localizer ablate``: valid JSON, every key, a number or null for every metric."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return "unknown", "", [f"not a readable JSON file: {_short(e)}"]
+    if not isinstance(doc, dict) or "task" not in doc or "baseline" not in doc:
+        return "json", "a JSON file, not an ablation results document", []
+    problems = [f"key {key!r} is missing" for key in RESULT_KEYS if key not in doc]
+    metrics: list = doc["metrics"] if isinstance(doc.get("metrics"), list) else []
+    for part in ("baseline", "localized"):
+        values: dict = doc[part] if isinstance(doc.get(part), dict) else {}
+        for m in metrics:
+            value = values.get(m, "missing")
+            if value is not None and not isinstance(value, (int, float)):
+                problems.append(f"{part}.{m} is {value!r}, not a number or null")
+    summary = f"ablation results, task {doc.get('task')}: {len(metrics)} metrics, {doc.get('n_selected')} units"
+    return "results", summary, problems

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -324,3 +325,30 @@ def test_control_statistics_by_hand():
     assert p == pytest.approx(1 / 5)
     z, p = control_statistics(0.01, [0.0, -0.02, 0.01, -0.01])
     assert p == pytest.approx((1 + 3) / 5)  # |0.02|, |0.01|, |-0.01| >= 0.01
+
+
+def test_results_record_their_provenance_and_check_reads_a_run_folder(gpt2_dir, gpt2_selection, tmp_path, capsys):
+    import hashlib
+    import json
+
+    from localizer.cli import main
+    from localizer.recording.fingerprint import files_fingerprint
+
+    task = write_jsonl(tmp_path / "task.jsonl", [{"text": r["text"]} for r in make_texts(7, seed=3)])
+    out = tmp_path / "run" / "results_next-token.json"
+    run_ablation(gpt2_selection, "next-token", task_data=task, out=out, log_dir=None, trainer=CPU)
+    p = json.loads(out.read_text())["provenance"]
+    assert p["selection_sha256"] == hashlib.sha256(open(gpt2_selection, "rb").read()).hexdigest()
+    assert p["selection"] == str(gpt2_selection.resolve()) and p["task_data"] == str(Path(task).resolve())
+    assert p["rows"] == 7 and p["seed"] == 1 and p["method"] == "zero" and p["model"] == str(Path(gpt2_dir).resolve())
+    weights = sorted(Path(gpt2_dir).glob("*.safetensors")) + [Path(gpt2_dir) / "config.json"]
+    assert p["weights"] == files_fingerprint(sorted(weights))
+    import shutil
+
+    shutil.copy(gpt2_selection, tmp_path / "run" / "selection.h5")
+    assert main(["check", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    assert "results_next-token.json: OK (ablation results, task next-token" in printed and "selection.h5: OK" in printed
+    (tmp_path / "run" / "broken.json").write_text('{"task": "next-token", "baseline": {"accuracy": "high"}')
+    assert main(["check", str(tmp_path / "run")]) == 1
+    assert "broken.json: not a readable JSON file" in capsys.readouterr().out
