@@ -201,11 +201,21 @@ def minimal_pairs(seed: int = 0) -> list[dict]:
 
 
 def main() -> None:
-    lang = language()
-    (DATA / "language.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lang))
-    pairs = minimal_pairs()
-    (DATA / "minimal_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    print(f"language: {len(lang)} rows; minimal pairs: {len(pairs)}")
+    import argparse
+
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--out", default=str(DATA), help="folder to write language.jsonl and minimal_pairs.jsonl into")
+    p.add_argument("--write", action="store_true", help="write the files (without it: only count what would be built)")
+    args = p.parse_args()
+    lang, pairs = language(), minimal_pairs()
+    if args.write:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "language.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lang))
+        (out / "minimal_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    print(
+        f"language: {len(lang)} rows; minimal pairs: {len(pairs)}" + ("" if args.write else " (not written: --write)")
+    )
 
 
 if __name__ == "__main__":

@@ -79,3 +79,14 @@ def test_face_script_keeps_its_recording(resnet_dir, image_folder, tmp_path):
     assert "agreement: zero ablation" in out
     reports = localizer.check([str(tmp_path / "o" / "activations.h5"), str(tmp_path / "o" / "selection.h5")])
     assert [r.problems for r in reports] == [[], []]
+
+
+def test_the_stimulus_builder_writes_only_when_asked_and_rebuilds_the_shipped_files(tmp_path):
+    from localizer.resources import read_text
+
+    out = script("make_language_stimuli.py", "--out", tmp_path / "built", cwd=tmp_path)
+    assert "not written" in out and not (tmp_path / "built").exists()
+    assert "usage:" in script("make_language_stimuli.py", "--help", cwd=tmp_path)
+    script("make_language_stimuli.py", "--write", "--out", tmp_path / "built", cwd=tmp_path)
+    for name in ("language.jsonl", "minimal_pairs.jsonl"):
+        assert (tmp_path / "built" / name).read_text() == read_text(name), name
