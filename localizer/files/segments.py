@@ -20,6 +20,18 @@ STRING = h5py.string_dtype("utf-8")
 MARGIN = 1 << 20  # bytes kept free beyond an estimate: HDF5 must never be the one that meets a full disk
 
 
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the device of ``folder``. For the tests, ``LOCALIZER_TEST_DISK=ROOT:BYTES`` makes ``ROOT`` a
+    simulated disk of that capacity (free = capacity - the files below ``ROOT``), where no tmpfs can be mounted."""
+    simulated = os.environ.get("LOCALIZER_TEST_DISK")
+    if simulated:
+        root, _, capacity = simulated.rpartition(":")
+        if Path(folder).resolve().is_relative_to(Path(root).resolve()):
+            used = sum(p.stat().st_size for p in Path(root).rglob("*") if p.is_file())
+            return max(0, int(capacity) - used)
+    return shutil.disk_usage(folder).free
+
+
 def require_space(folder: Path, nbytes: float, what: str) -> None:
     """Refuse to write ``nbytes`` (an estimate) into ``folder`` unless that much and :data:`MARGIN` more is free.
 
@@ -29,7 +41,7 @@ def require_space(folder: Path, nbytes: float, what: str) -> None:
     from localizer.distributed import failpoint
 
     failpoint(f"space:{what}", 0)
-    free = shutil.disk_usage(folder).free
+    free = free_bytes(folder)
     if free < nbytes + MARGIN:
         raise LocalizerError(
             f"no space left on the device of {folder} for {what}: about {(nbytes + MARGIN) / 2**20:.1f} MB needed, "
