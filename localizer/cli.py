@@ -346,10 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _parse(parser, normalize(argv[1:], parser, argv[0]))
         return command(cfg)
     except LocalizerError as e:
-        print(f"localizer {argv[0]}: error: {e}", file=sys.stderr)
+        _say(f"localizer {argv[0]}: error: {e}")
         return 2
     except OSError as e:  # the file system or a damaged file, not a bug: one line, like any input error
-        print(f"localizer {argv[0]}: error: {' '.join(first_line(e).split())}", file=sys.stderr)
+        _say(f"localizer {argv[0]}: error: {' '.join(first_line(e).split())}")
         return 2
     except SystemExit as e:  # --help and --print_config end the parse with SystemExit(0)
         if isinstance(e.__context__, KeyboardInterrupt):  # Lightning turns Ctrl-C into exit(1)
@@ -362,9 +362,15 @@ def main(argv: list[str] | None = None) -> int:
         _end_distributed()
 
 
+def _say(line: str) -> None:
+    """One line on stderr in one write: the ranks of a DDP job share stderr, and their lines must not interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _interrupted(command: str) -> int:
     resume = " (committed segments are kept: rerun the same command to resume)" if command in ("extract", "run") else ""
-    print(f"localizer {command}: interrupted{resume}", file=sys.stderr)
+    _say(f"localizer {command}: interrupted{resume}")
     return 130
 
 
