@@ -2,7 +2,8 @@
 
 Record pooled per-unit activations for positive and control stimuli into HDF5 (on one or many devices), select the
 selective units, and ablate them. One function per command, with the command line's parameter names and defaults:
-:func:`extract`, :func:`select`, :func:`ablate`, :func:`run`, :func:`check`. Heavy packages load on first use.
+:func:`extract`, :func:`select`, :func:`ablate`, :func:`run`, :func:`check`, :func:`pack`. Heavy packages load on
+first use.
 """
 
 from localizer._lazy import lazy
@@ -16,6 +17,7 @@ _NAMES = {
     "ablate": "localizer.ablation.ablate",
     "run": "localizer.pipeline",
     "check": "localizer.files.check",
+    "pack": "localizer.files.pack",
     "Selection": "localizer.selection.result",
     "SelectionOptions": "localizer.selection.options",
     "ActivationRecorder": "localizer.recording.recorder",

@@ -27,8 +27,10 @@ commands:
   ablate    rerun a task with the selected units silenced, against random control sets
   run       extract -> select -> ablate in one command (no arguments: the language localizer on gemma-3-270m)
   check     verify activation / selection files (format, shapes, index coverage, NaN/inf, segment files)
+  pack      make an activation file of layout virtual one self-contained file
 
-Run `localizer COMMAND --help` for a command's options."""
+Run `localizer COMMAND --help` for a command's options. Every command takes --verbose: also show Lightning's
+info lines, library progress bars and known library warnings (hidden by default)."""
 
 SPELLING = (
     "Options are written with underscores (--batch_size) or dashes (--batch-size); a switch takes no value "
@@ -104,7 +106,8 @@ def build_parser(command: str):
         from localizer.selection.select import select
 
         p = _new_parser(command, run, "a YAML file, or a shipped config by name: language (the default) | faces")
-        forwarded = set(inspect.signature(record).parameters) - {"model", "stimuli", "log_dir"}  # run's **options
+        # run's **options (overwrite is run's own)
+        forwarded = set(inspect.signature(record).parameters) - {"model", "stimuli", "log_dir", "overwrite"}
         p.add_function_arguments(run, skip={"select", "ablate", "trainer"} | forwarded, as_group=False)
         p.add_function_arguments(extract, skip=NOT_FROM_EXTRACT | set(SELECT_OPTIONS), as_group=False)
         p.add_function_arguments(select, "select", skip=RUN_SKIPS_SELECT)
@@ -128,6 +131,15 @@ def build_parser(command: str):
             ),
         )
         p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
+    elif command == "pack":
+        from localizer.files.pack import pack
+
+        p = _new_parser(command, pack)
+        p.add_argument("path", type=str, help="the activation file (.h5) to pack")
+        p.add_argument(
+            "--out", type=Optional[str], default=None, help="write the packed copy here (keeps the original)"
+        )
+        p.add_argument("--overwrite", type=bool, default=False, help="replace an existing --out")
     else:
         raise KeyError(command)
     return p
@@ -272,9 +284,9 @@ def _extract(cfg) -> int:
 
     kwargs = _arguments(cfg)
     path = extract(trainer=kwargs.pop("trainer"), **kwargs)
-    from lightning.pytorch.utilities import rank_zero_info
+    from localizer.distributed import say
 
-    rank_zero_info(f"wrote {path}")
+    say(f"wrote {path}")
     return 0
 
 
@@ -303,9 +315,14 @@ def _ablate(cfg) -> int:
 
 
 def _run(cfg) -> int:
-    from localizer.pipeline import run
+    from pathlib import Path
+
+    from localizer.pipeline import job_name, run
 
     kwargs = _arguments(cfg)
+    configs = [str(c) for c in (cfg.get("config") or []) if c is not None]
+    if not kwargs.get("name"):  # the job is named by its config (when it is not the stimuli's), stimuli and model
+        kwargs["name"] = job_name(kwargs["model"], kwargs["stimuli"], Path(configs[-1]).stem if configs else None)
     run(**kwargs)
     return 0
 
@@ -328,7 +345,15 @@ def _check(cfg) -> int:
     return status
 
 
-COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate, "run": _run, "check": _check}
+def _pack(cfg) -> int:
+    from localizer.files.pack import pack
+
+    path = pack(cfg.path, cfg.out, overwrite=cfg.overwrite)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB, one self-contained file)")
+    return 0
+
+
+COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate, "run": _run, "check": _check, "pack": _pack}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     if command is None:
         print(f"localizer: error: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    from localizer.quiet import quiet
+
+    verbose = "--verbose" in argv[1:]
+    argv = [argv[0], *(a for a in argv[1:] if a != "--verbose")]
+    quiet(verbose)
     speak_options()
     try:
         parser = build_parser(argv[0])

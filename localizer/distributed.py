@@ -50,3 +50,11 @@ def failpoint(name: str, rank: int) -> None:
             if variable.endswith("RAISE"):
                 raise OSError(f"injected failure at {name} on rank {rank}")
             os.kill(os.getpid(), signal.SIGINT if variable.endswith("SIGINT") else signal.SIGKILL)
+
+
+def say(message: str) -> None:
+    """Print a progress message once (global rank 0), whether or not Lightning's info logging is shown."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(message, flush=True)

@@ -1,13 +1,19 @@
 """``localizer run``: extract → select → ablate in one command, with a printed summary, TensorBoard logs and files.
 
-Everything lands in ``output_dir``: ``activations.h5`` (+ segments), ``selection.h5``, ``results_<task>.json``,
-``summary.txt``, exemplars and PNG copies of the TensorBoard figures.
+A run is a *job* with a name (default: from the config, the stimuli and the model, e.g. ``language-gemma-3-270m``).
+Everything lands in ``output_dir`` (default ``outputs/<name>``): ``activations.h5``, ``selection.h5``,
+``results_<task>.json``, ``summary.txt``, exemplars, PNG figures and ``run.json`` (the job's settings; its
+``finished`` time marks a finished run). TensorBoard runs go to ``log_dir/<name>/select``, ``.../exemplars`` and
+``.../ablate/<task>``. A finished run is never replaced without ``overwrite``; an activation file or selection made
+with the same settings is reused, so changing only an ablation option reruns only the ablation.
 """
 
 from __future__ import annotations
 
 import inspect
 import io
+import json
+import os
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
@@ -17,14 +23,17 @@ from localizer.selection.options import PARAMETERS as SELECT_OPTIONS
 
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
 NOT_FROM_EXTRACT = {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}
+JOB_FILE = "run.json"
 ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "num_workers", "tasks")
 
 
 def run(
     model: str,
     stimuli: str,
-    output_dir: str,
+    output_dir: Optional[str] = None,
     *,
+    name: Optional[str] = None,
+    overwrite: bool = False,
     untrained: bool = False,
     seed: int = 0,
     log_dir: Optional[str] = "lightning_logs",
@@ -38,7 +47,11 @@ def run(
     Args:
         model: the model, as for extract.
         stimuli: the localizer stimuli, as for extract.
-        output_dir: where every file goes (this command owns the folder: its files are replaced).
+        output_dir: where every file goes (default: outputs/NAME).
+        name: the job's name, for its folder and its TensorBoard runs (default: from the stimuli and the model, e.g.
+            language-gemma-3-270m; the command line puts a config's name first when it is not the stimuli's).
+        overwrite: replace a finished run in output_dir (activations and selection made with the same settings are
+            still reused); without it a finished run with the same settings is reported, not repeated.
         untrained: also run everything on a randomly initialized copy of the model (a baseline), into
             output_dir/untrained.
         seed: seed of the untrained copy's random initialization.
@@ -52,9 +65,9 @@ def run(
     Returns:
         ``{"trained": {"selection": Selection, "ablation": {task: results document}}, "untrained": ...}``.
     """
-    from localizer.ablation.ablate import control_kinds, run_ablation
+    from localizer.ablation.ablate import check_task, control_kinds, run_ablation
     from localizer.ablation.masking import parse_method
-    from localizer.ablation.tasks import TASKS, load_task_data
+    from localizer.ablation.tasks import TASKS, load_task_data, validate_task_data
     from localizer.files.outputs import check_log_dir, check_outputs, input_files, source_name
     from localizer.recording.extract import extract
     from localizer.recording.models import load_model
@@ -65,17 +78,17 @@ def run(
     from localizer.selection.select import select_file
 
     allowed = set(inspect.signature(extract).parameters) - NOT_FROM_EXTRACT - set(SELECT_OPTIONS)
-    for name, group, known in (
+    for step, group, known in (
         ("extract", extract_options, allowed),
         ("select", select or {}, SELECT_OPTIONS),
         ("ablate", ablate or {}, ABLATE_OPTIONS),
     ):
         unknown = sorted(set(group) - set(known))
         if unknown:
-            where = "" if name == "extract" else f" (in {name}=...)"
+            where = "" if step == "extract" else f" (in {step}=...)"
             hint = "; selection options go in select={...}" if set(unknown) & set(SELECT_OPTIONS) else ""
             raise LocalizerError(
-                f"run: unknown {name} options {unknown}{where}{hint}; choose from {', '.join(sorted(known))}"
+                f"run: unknown {step} options {unknown}{where}{hint}; choose from {', '.join(sorted(known))}"
             )
     at_least(0, seed=seed)
     check_log_dir(log_dir)
@@ -95,14 +108,19 @@ def run(
                     f"{opt('tasks')}: each entry is {{task: {' | '.join(TASKS)}, data: ... or null}}, got {spec!r}"
                 )
     data = load_stimuli(stimuli, extract_options.get("control"))
+    task_rows = {}
     for spec in tasks:
         if spec.get("data") is not None:
-            load_task_data(spec["data"], spec["task"])
+            task_rows[spec["task"]] = load_task_data(spec["data"], spec["task"])
         elif "split" not in data.column_names or "validation" not in set(data["split"]):
             raise LocalizerError(f"task {spec['task']} has data: null but stimuli {stimuli} have no validation rows")
-    out = Path(output_dir)
+        else:
+            rows = data.filter(lambda s: s == "validation", input_columns="split")
+            task_rows[spec["task"]] = validate_task_data(rows, spec["task"], name=f"validation rows of {stimuli}")
+    name = _clean_name(name) if name else job_name(model, stimuli)
+    out = Path(output_dir) if output_dir else Path("outputs") / name
     folders = [out, out / "untrained"] if untrained else [out]
-    written = [f / name for f in folders for name in ("activations.h5", "selection.h5", "summary.txt")]
+    written = [f / n for f in folders for n in ("activations.h5", "selection.h5", "summary.txt")]
     written += [f / f"results_{spec['task']}.json" for f in folders for spec in tasks]
     check_outputs(
         {f"the run's {path.relative_to(out)}": path for path in written},
@@ -112,7 +130,40 @@ def run(
             "control": input_files(extract_options.get("control")),
         },
     )
-    out.mkdir(parents=True, exist_ok=True)
+    job = {
+        "name": name,
+        "model": source_name(model),
+        "stimuli": source_name(stimuli),
+        "untrained": untrained,
+        "seed": seed if untrained else None,
+        "extract": {k: v for k, v in sorted(extract_options.items())},
+        "select": json.loads(options.to_json()),
+        "ablate": {**{k: v for k, v in sorted(ablate.items())}, "tasks": tasks},
+        "precision": str(trainer.get("precision") or "32-true"),
+    }
+    previous = read_job(out)
+    if previous is not None and previous.get("finished"):
+        diff = _diff(previous.get("job", {}), job)
+        if not diff and not overwrite:
+            print(
+                f"{out} already holds this run, finished {previous['finished']}; nothing to do "
+                f"(pass {opt('overwrite', True)} to run it again)"
+            )
+            return _finished_results(out, folders, tasks, previous)
+        if diff and not overwrite:
+            raise LocalizerError(
+                f"{out} holds a finished run with other settings ({'; '.join(diff[:4])}"
+                f"{'; ...' if len(diff) > 4 else ''}); pass {opt('overwrite', True)} to replace its results "
+                f"(activations and selection made with the same settings are reused) or choose another "
+                f"{opt('name')} / {opt('output_dir')}"
+            )
+    elif previous is None and not overwrite:
+        found = [p for p in written if p.exists()]
+        if found:
+            raise LocalizerError(
+                f"{out} holds files that no localizer run recorded ({found[0].name}, ...); pass "
+                f"{opt('overwrite', True)} to replace them or choose another {opt('output_dir')}"
+            )
     kind = modality(data)
     loaded = load_model(
         model,
@@ -122,18 +173,28 @@ def run(
         padding_side=extract_options.get("padding_side", "right"),
         trust_remote_code=extract_options.get("trust_remote_code", False),
     )
+    for spec in tasks:  # what the model cannot do fails now, not after the extraction
+        with step_options("ablate"):
+            check_task(loaded, spec["task"], task_rows[spec["task"]], extract_options.get("max_length"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_job(out, {"job": job, "started": _now(), "finished": None})
     runs = [("trained", out, loaded)]
     if untrained:
         runs.append(("untrained", out / "untrained", _untrained_copy(loaded, seed)))
     summary = {}
     for label, folder, lm in runs:
         folder.mkdir(parents=True, exist_ok=True)
-        acts = _extract_or_resume(
+        log_name = name if label == "trained" else f"{name}/untrained"
+        acts = _extract_or_reuse(
             lm, data, folder / "activations.h5", trainer=trainer, source=source_name(stimuli), **extract_options
         )
-        with step_options("select"):
-            result = select_file(acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder)
-        log_exemplars(acts, result, data, log_dir, folder)
+        result = _reuse_selection(folder / "selection.h5", acts, options)
+        if result is None:
+            with step_options("select"):
+                result = select_file(
+                    acts, folder / "selection.h5", options, log_dir=log_dir, png_dir=folder, log_name=log_name
+                )
+        log_exemplars(acts, result, data, log_dir, folder, log_name=log_name)
         docs = {}
         for spec in tasks:
             with step_options("ablate"):
@@ -147,6 +208,7 @@ def run(
                     log_dir=log_dir,
                     trainer=trainer,
                     png_dir=folder,
+                    log_name=log_name,
                     **ablate,
                 )
         summary[label] = {"selection": result, "ablation": docs}
@@ -155,6 +217,84 @@ def run(
             print_run_summary(f"{model} ({label})" if untrained else model, stimuli, result, docs)
         (folder / "summary.txt").write_text(text.getvalue())
         print(text.getvalue(), end="")
+    write_job(out, {"job": job, "started": read_job(out)["started"], "finished": _now()})
+    where = f"; TensorBoard: tensorboard --logdir {log_dir}" if log_dir is not None else ""
+    print(f"wrote {out}/{where}")
+    return summary
+
+
+def job_name(model: str, stimuli: str, config: str | None = None) -> str:
+    """A job's default name: ``[config-]stimuli-model`` from their short names (``language-gemma-3-270m``)."""
+
+    def short(spec: str) -> str:
+        spec = str(spec).rstrip("/")
+        if ":" in spec and not Path(spec).exists():  # package.module:callable
+            return spec.rsplit(":", 1)[1]
+        return (
+            Path(spec).stem
+            if Path(spec).suffix in (".jsonl", ".json", ".csv", ".parquet", ".yaml")
+            else Path(spec).name
+        )
+
+    parts = [short(stimuli), short(model)]
+    if config and short(config) != parts[0]:
+        parts.insert(0, short(config))
+    return _clean_name("-".join(parts))
+
+
+def _clean_name(name: str) -> str:
+    """A name safe as one folder name (letters, digits, ``._-``; ``/`` would nest folders)."""
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "job"
+    return cleaned
+
+
+def read_job(out: Path) -> dict[str, Any] | None:
+    """The job record of a run folder (``run.json``), or None."""
+    path = Path(out) / JOB_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_job(out: Path, record: dict[str, Any]) -> None:
+    import localizer
+
+    path = Path(out) / JOB_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"localizer": localizer.__version__, **record}, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings that differ, as ``key: old -> new`` (nested keys dotted)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _finished_results(out: Path, folders: list[Path], tasks, previous) -> dict[str, Any]:
+    """A finished run's results read back from its folder (and its summary printed again)."""
+    from localizer.selection.result import Selection
+
+    summary = {}
+    for label, folder in zip(("trained", "untrained"), folders):
+        print((folder / "summary.txt").read_text(), end="")
+        docs = {spec["task"]: json.loads((folder / f"results_{spec['task']}.json").read_text()) for spec in tasks}
+        summary[label] = {"selection": Selection.read(folder / "selection.h5"), "ablation": docs}
     return summary
 
 
@@ -204,13 +344,44 @@ def _untrained_copy(loaded, seed: int):
     )
 
 
-def _extract_or_resume(model, data, path: Path, **kwargs) -> Path:
-    """A finished earlier run is replaced; a killed one with the same settings is continued; else start over."""
+def _extract_or_reuse(model, data, path: Path, **kwargs) -> Path:
+    """A finished activation file recorded with the same settings is reused; a killed extraction with the same
+    settings is continued; anything else is recorded again (the run's folder is the job's own)."""
     from localizer.files.resume import SettingsMismatch
-    from localizer.recording.extract import record
+    from localizer.recording.extract import record, recorded_settings
 
+    if path.exists() and recorded_settings(path) is not None:
+        try:
+            record(model, data, path, resume=True, announce=False, **kwargs)
+            print(f"reusing {path} (recorded with these settings)")
+            return path
+        except SettingsMismatch as e:
+            print(f"{path} was recorded with other settings ({'; '.join(getattr(e, 'diff', []))}): recording again")
+            return record(model, data, path, overwrite=True, **kwargs)
     try:
         return record(model, data, path, overwrite=path.exists(), **kwargs)
     except SettingsMismatch as e:
         print(f"{e.args[0].split(' (')[0]}: starting over")
         return record(model, data, path, overwrite=True, **kwargs)
+
+
+def _reuse_selection(path: Path, activations: Path, options) -> Any:
+    """The selection in ``path`` when it was made from an activation file with these settings and with these
+    options (the same numbers would come out), else None."""
+    import h5py
+
+    from localizer.selection.result import Selection
+
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            made_from, made_with = f.attrs.get("activations_settings"), f.attrs.get("selection")
+        with h5py.File(activations, "r") as f:
+            settings = f.attrs.get("settings")
+    except OSError:
+        return None
+    if settings is None or made_from != settings or made_with != options.to_json():
+        return None
+    print(f"reusing {path} (selected with these options from these activations)")
+    return Selection.read(path)

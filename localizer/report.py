@@ -2,7 +2,49 @@
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
+
+
+@contextmanager
+def tensorboard_run(log_dir, step: str, job: str | None = None):
+    """A TensorBoardLogger for one step's run, or None when ``log_dir`` is None.
+
+    With a ``job`` name the run is ``log_dir/<job>/<step>`` (a rerun of the job replaces it); without one it is
+    ``log_dir/<step>/version_N``. Lightning's placeholder ``hp_metric`` is never written. When the body fails, a run
+    folder that this call created is removed: a failed job leaves no empty run behind.
+    """
+    if log_dir is None:
+        yield None
+        return
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    if job is None:
+        logger = TensorBoardLogger(str(log_dir), name=step, default_hp_metric=False)
+    else:
+        logger = TensorBoardLogger(str(log_dir), name=job, version=step, default_hp_metric=False)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    folder = Path(logger.log_dir)
+    ours = ("events.out.tfevents.", "hparams.yaml")
+    first = getattr(rank_zero_only, "rank", 0) == 0
+    if (
+        job is not None
+        and first
+        and folder.is_dir()
+        and all(p.is_file() and p.name.startswith(ours) for p in folder.iterdir())
+    ):
+        shutil.rmtree(folder)  # the job's earlier run of this step (only TensorBoard's files are in it)
+    existed = folder.exists()
+    try:
+        yield logger
+    except BaseException:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def fraction_selected(result) -> dict[str, float]:
@@ -21,24 +63,28 @@ def _save(fig, png_dir, name: str) -> None:
 
 def log_selectivity(experiment, result, step: int = 0, png_dir=None) -> None:
     """Per-layer histograms of t (``selectivity/t/<layer>``), the fraction of units selected per layer as scalars
-    and as a bar chart (``selectivity/fraction_selected``). ``experiment`` is a TensorBoard ``SummaryWriter``."""
+    (``selectivity/fraction_selected/<layer>``) and as a bar chart (``selectivity/fraction_selected``).
+    ``experiment`` is a TensorBoard ``SummaryWriter`` (None: only the PNG in ``png_dir``)."""
     plt = _plt()
 
-    for layer, t in result.layout.split(result.stats["t"]).items():
-        experiment.add_histogram(f"selectivity/t/{layer}", np.nan_to_num(t), step)
     fractions = fraction_selected(result)
-    for layer, value in fractions.items():
-        experiment.add_scalar(f"selectivity/fraction_selected/{layer}", value, step)
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(fractions) + 2), 3))
-    ax.bar(range(len(fractions)), [100 * v for v in fractions.values()])
+    if experiment is not None:
+        for layer, t in result.layout.split(result.stats["t"]).items():
+            experiment.add_histogram(f"selectivity/t/{layer}", np.nan_to_num(t), step)
+        for layer, value in fractions.items():
+            experiment.add_scalar(f"selectivity/fraction_selected/{layer}", value, step)
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * len(fractions) + 2), 3.2))
+    ax.bar(range(len(fractions)), [100 * v for v in fractions.values()], color="tab:red")
     ax.set_xticks(range(len(fractions)), list(fractions), rotation=90, fontsize=7)
-    ax.set_ylabel("% of layer's units selected")
-    ax.set_title(f"{int(result.mask.sum())} units selected")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("% of the layer's units selected")
+    ax.set_title(f"{int(result.mask.sum())} of {result.layout.total} units selected", fontsize=9)
     fig.tight_layout()
     _save(fig, png_dir, "selectivity_fraction_selected")
-    experiment.add_figure("selectivity/fraction_selected", fig, step)
+    if experiment is not None:
+        experiment.add_figure("selectivity/fraction_selected", fig, step)
+        experiment.flush()
     plt.close(fig)
-    experiment.flush()
 
 
 def print_selection(result, file=None) -> None:
@@ -88,56 +134,148 @@ def _plt():
     return plt
 
 
-def log_ablation(logger, doc: dict, results: dict, conditions, hparams: dict, png_dir=None) -> None:
-    """TensorBoard: ``ablation/<task>/<metric>/<condition>`` and ``.../delta/<condition>`` scalars, a bar chart of
-    deltas per metric (localized vs each control kind: mean, sd and every set), the sweep curve, hparams."""
-    ex = logger.experiment
+def metric_groups(metrics: list[str]) -> list[tuple[str, list[str]]]:
+    """Metrics that belong on one axis: ``x_positive`` beside ``x_control`` (agreement, KL); others alone."""
+    groups, seen = [], set()
+    for m in metrics:
+        if m in seen:
+            continue
+        stem = m[: -len("_positive")] if m.endswith("_positive") else None
+        if stem and f"{stem}_control" in metrics:
+            groups.append((stem, [m, f"{stem}_control"]))
+            seen |= {m, f"{stem}_control"}
+        else:
+            groups.append((m, [m]))
+            seen.add(m)
+    return groups
+
+
+def log_ablation(logger, doc: dict, hparams: dict, png_dir=None) -> None:
+    """TensorBoard for one ablation task (``logger``: a TensorBoardLogger, or None for the PNGs only).
+
+    Scalars, one chart per metric and kind of value, conditions as series (x: the control set's number):
+    ``ablation/<task>/<metric>/delta/<localized|kind>`` and ``.../value/<baseline|localized|kind>`` (the localized and
+    baseline values drawn as flat lines over the sets); with a sweep ``ablation/<task>/<metric>/sweep/<localized|kind>``
+    (x: top % x 100, controls: the mean of their sets). A custom-scalars layout puts each metric's series in one
+    chart. Figures ``ablation/<task>/<metric>/deltas`` (and ``.../sweep``), also saved as PNGs in ``png_dir``. HParams:
+    ``hparams`` plus metrics ``hp/<task>/<metric>/delta_localized`` and ``hp/<task>/<metric>/z_<kind>``.
+    """
     task = doc["task"]
-    base = results["baseline"]
-    for c in conditions:
-        for m, v in results[c.name].items():
-            ex.add_scalar(f"ablation/{task}/{m}/{c.name}", v, 0)
-            if c.name != "baseline":
-                ex.add_scalar(f"ablation/{task}/{m}/delta/{c.name}", v - base[m], 0)
-    plt = _plt()
     kinds = [k for k in doc["delta"] if k != "localized"]
-    for m in doc["metrics"]:
-        fig, ax = plt.subplots(figsize=(1.4 * (len(kinds) + 1) + 1.5, 3))
+    sets = max([len(doc["delta"][k]) for k in kinds] + [1])
+    ex = logger.experiment if logger is not None else None
+    if ex is not None:
+        for m in doc["metrics"]:
+            series = {
+                "delta/localized": [doc["delta"]["localized"][m]] * sets,
+                "value/baseline": [doc["baseline"][m]] * sets,
+                "value/localized": [doc["localized"][m]] * sets,
+                **{f"delta/{k}": [d[m] for d in doc["delta"][k]] for k in kinds},
+                **{f"value/{k}": [c[m] for c in doc["controls"][k]] for k in kinds},
+            }
+            for name, values in series.items():
+                for i, v in enumerate(values):
+                    if v is not None:
+                        ex.add_scalar(f"ablation/{task}/{m}/{name}", v, i)
+            for point in doc.get("sweep", []):
+                step = int(round(100 * float(point["top"])))
+                values = {"localized": point["delta"]["localized"][m]}
+                for k in kinds:
+                    ds = [d[m] for d in point["delta"].get(k, []) if d[m] is not None]
+                    values[k] = float(np.mean(ds)) if ds else None
+                for name, v in values.items():
+                    if v is not None:
+                        ex.add_scalar(f"ablation/{task}/{m}/sweep/{name}", v, step)
+        layout = {}
+        for m in doc["metrics"]:
+            layout[f"{task}: {m} (x = control set)"] = ["Multiline", [f"ablation/{task}/{m}/delta/.*"]]
+            if doc.get("sweep"):
+                layout[f"{task}: {m} by top % (x = top % x 100)"] = ["Multiline", [f"ablation/{task}/{m}/sweep/.*"]]
+        ex.add_custom_scalars({f"ablation {task}": layout})
+    plt = _plt()
+    for stem, group in metric_groups(doc["metrics"]):
+        fig = _delta_figure(plt, doc, stem, group, kinds)
+        _save(fig, png_dir, f"ablation_{task}_{stem}_deltas")
+        if ex is not None:
+            ex.add_figure(f"ablation/{task}/{stem}/deltas", fig, 0)
+        plt.close(fig)
+        if doc.get("sweep"):
+            for m in group:
+                fig = _sweep_figure(plt, doc, m, kinds)
+                _save(fig, png_dir, f"ablation_{task}_{m}_sweep")
+                if ex is not None:
+                    ex.add_figure(f"ablation/{task}/{m}/sweep", fig, 0)
+                plt.close(fig)
+    if logger is not None:
+        metrics = {f"hp/{task}/{m}/delta_localized": v for m, v in doc["delta"]["localized"].items() if v is not None}
+        for k in kinds:
+            metrics.update({f"hp/{task}/{m}/z_{k}": z for m, z in doc["z"][k].items() if z is not None})
+        logger.log_hyperparams(hparams, metrics)
+        logger.finalize("success")
+
+
+def _delta_figure(plt, doc: dict, stem: str, group: list[str], kinds: list[str]):
+    """Bars of delta (ablated - baseline): the localized units beside each control kind (mean ± 1 sd of its sets,
+    every set as a dot), z and p written over each control bar; the metrics of ``group`` side by side."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    colors = ["tab:red", "tab:blue"] if len(group) > 1 else ["tab:red"]
+    width = 0.8 / len(group)
+    fig, ax = plt.subplots(figsize=(1.5 * (len(kinds) + 1) + 2.2, 3.6))
+    for j, m in enumerate(group):
+        offset = (j - (len(group) - 1) / 2) * width
         loc = doc["delta"]["localized"][m]
-        ax.bar([0], [loc if loc is not None else np.nan], color="tab:red")
+        ax.bar([offset], [np.nan if loc is None else loc], width=width, color=colors[j])
         for i, k in enumerate(kinds, start=1):
             d = np.array([x[m] for x in doc["delta"][k] if x[m] is not None], dtype=float)
-            if len(d):
-                ax.bar([i], [d.mean()], yerr=[d.std(ddof=1)] if len(d) > 1 else None, color="tab:gray", capsize=4)
-                ax.scatter(np.full(len(d), i), d, s=8, color="black", zorder=3)
-        ax.axhline(0, color="black", linewidth=0.5)
-        ax.set_xticks(range(len(kinds) + 1), ["localized"] + kinds, rotation=20, fontsize=8)
-        ax.set_ylabel(f"delta {m}")
-        ax.set_title(f"{task}: {doc['method']} ablation of {doc['n_selected']} units", fontsize=9)
-        fig.tight_layout()
-        _save(fig, png_dir, f"ablation_{task}_{m}_deltas")
-        ex.add_figure(f"ablation/{task}/{m}/deltas", fig, 0)
-        plt.close(fig)
-    if doc.get("sweep"):
-        tops = [float(p["top"]) for p in doc["sweep"]]
-        for m in doc["metrics"]:
-            fig, ax = plt.subplots(figsize=(4.5, 3))
-            ax.plot(tops, [p["localized"][m] for p in doc["sweep"]], "o-", color="tab:red", label="localized")
-            for k in kinds:
-                mean = [np.mean([x[m] for x in p[k]]) if p[k] else np.nan for p in doc["sweep"]]
-                sd = [np.std([x[m] for x in p[k]], ddof=1) if len(p[k]) > 1 else 0 for p in doc["sweep"]]
-                ax.errorbar(tops, mean, yerr=sd, fmt="s--", capsize=3, label=k)
-            ax.set_xscale("log")
-            ax.set_xlabel("top % of units ablated")
-            ax.set_ylabel(f"delta {m}")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            _save(fig, png_dir, f"ablation_{task}_{m}_sweep")
-            ex.add_figure(f"ablation/{task}/{m}/sweep", fig, 0)
-            plt.close(fig)
-    metrics = {f"hp/{task}/{m}/delta_localized": v for m, v in doc["delta"]["localized"].items() if v is not None}
-    logger.log_hyperparams(hparams, metrics)
-    logger.finalize("success")
+            if not len(d):
+                continue
+            sd = d.std(ddof=1) if len(d) > 1 else 0.0
+            ax.bar([i + offset], [d.mean()], width=width, color=colors[j], alpha=0.35, yerr=[sd], capsize=3)
+            ax.scatter(np.full(len(d), i + offset), d, s=7, color="black", zorder=3)
+            z, p = doc["z"][k][m], doc["p_empirical"][k][m]
+            label = f"z={_num(z, '.1f')}\np={_num(p, '.2g')}"
+            top = max(d.max() + sd, 0) if loc is None or loc >= 0 else min(d.min() - sd, 0)
+            ax.annotate(label, (i + offset, top), ha="center", va="bottom" if top >= 0 else "top", fontsize=6)
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xticks(range(len(kinds) + 1), ["localized units"] + [f"{k}\ncontrols" for k in kinds], fontsize=7)
+    ax.set_ylabel(f"delta {stem} (ablated - baseline)", fontsize=8)
+    ax.set_title(f"{doc['task']}: {doc['method']} ablation of {doc['n_selected']} units", fontsize=9)
+    handles = [Patch(color=c, label=m) for c, m in zip(colors, group)] if len(group) > 1 else []
+    handles += [
+        Patch(color="tab:gray", alpha=0.35, label="control sets: mean ± 1 sd"),
+        Line2D([], [], marker="o", linestyle="", color="black", markersize=3, label="one control set"),
+    ]
+    ax.legend(handles=handles, fontsize=6, loc="best")
+    ax.margins(y=0.25)
+    fig.tight_layout()
+    return fig
+
+
+def _sweep_figure(plt, doc: dict, m: str, kinds: list[str]):
+    """delta of ``m`` against the top % of units ablated: localized and each control kind (mean ± 1 sd)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    tops = [float(p["top"]) for p in doc["sweep"]]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(tops, [p["delta"]["localized"][m] for p in doc["sweep"]], "o-", color="tab:red", label="localized units")
+    for k in kinds:
+        per = [[d[m] for d in p["delta"].get(k, []) if d[m] is not None] for p in doc["sweep"]]
+        mean = [np.mean(v) if v else np.nan for v in per]
+        sd = [np.std(v, ddof=1) if len(v) > 1 else 0 for v in per]
+        ax.errorbar(tops, mean, yerr=sd, fmt="s--", capsize=3, label=f"{k} controls (mean ± 1 sd)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(tops))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.set_xlabel("units ablated (top % by selectivity)", fontsize=8)
+    ax.set_ylabel(f"delta {m} (ablated - baseline)", fontsize=8)
+    ax.set_title(f"{doc['task']}: {doc['method']} ablation, sweep", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
 
 
 def _num(value, spec: str) -> str:
@@ -179,7 +317,9 @@ def top_units(result, n: int = 8) -> list[tuple[str, int, float]]:
     return [(result.layout.layers[layer_of[i]], int(i - offsets[layer_of[i]]), float(t[i])) for i in order]
 
 
-def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: int = 8, n_top: int = 5) -> None:
+def log_exemplars(
+    activations, result, stimuli, log_dir, png_dir=None, n_units: int = 8, n_top: int = 5, log_name: str | None = None
+) -> None:
     """For the most selective units, the stimuli that drive them most: a text table (``exemplars/text``) or an image
     grid (``exemplars/images``) in TensorBoard (``log_dir/exemplars``), and ``exemplars.md``/``.png`` in png_dir."""
     from localizer.files.activations import open_activations
@@ -192,9 +332,11 @@ def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: 
             x = f[f"activations/{layer}"][:, u]
             x = np.abs(x) if use_abs else x
             rows.append((layer, u, t, np.argsort(-x, kind="stable")[:n_top]))
-    from lightning.pytorch.loggers import TensorBoardLogger
+    with tensorboard_run(log_dir, "exemplars", log_name) as logger:
+        _exemplars(logger, rows, stimuli, png_dir, n_top)
 
-    logger = TensorBoardLogger(str(log_dir), name="exemplars") if log_dir is not None else None
+
+def _exemplars(logger, rows, stimuli, png_dir, n_top: int) -> None:
     if "text" in stimuli.column_names:
         lines = ["| layer | unit | t | stimuli that drive it most |", "|---|---|---|---|"]
         for layer, u, t, idx in rows:
@@ -204,8 +346,6 @@ def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: 
         if logger is not None:
             logger.experiment.add_text("exemplars/text", table, 0)
         if png_dir is not None:
-            from pathlib import Path
-
             (Path(png_dir) / "exemplars.md").write_text(table + "\n")
     else:
         plt = _plt()
@@ -217,7 +357,7 @@ def log_exemplars(activations, result, stimuli, log_dir, png_dir=None, n_units: 
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if c == 0:
-                    ax.set_ylabel(f"{layer.split('.')[-1]}:{u}\nt={t:.1f}", fontsize=6)
+                    ax.set_ylabel(f"{layer}\nunit {u}, t={t:.1f}", fontsize=6)
         fig.tight_layout()
         _save(fig, png_dir, "exemplars")
         if logger is not None:

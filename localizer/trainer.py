@@ -56,6 +56,9 @@ def build_trainer(kwargs: dict[str, Any]):
     lacks, an unknown strategy) are one :class:`LocalizerError` naming them."""
     import lightning as L
 
+    from localizer.quiet import quiet_lightning
+
+    quiet_lightning()
     try:
         return L.Trainer(**kwargs)
     except Exception as e:  # Lightning refuses bad options with MisconfigurationException, ValueError, ...

@@ -18,8 +18,10 @@ def virtual_layers(path) -> dict[str, bool]:
         return {k: f["activations"][k].is_virtual for k in f["activations"]}
 
 
-@pytest.mark.parametrize("n,batch", [(37, 4), (21, 5)])
-def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
+@pytest.mark.parametrize("n,batch,layout", [(37, 4, "virtual"), (21, 5, "single")])
+def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch, layout):
+    """Two processes write the same file as one: packed into one self-contained file by default (segments
+    deleted), or virtual datasets over one segment per rank that ``localizer pack`` turns into the same file."""
     stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(n, seed=n))
     common = [
         "extract",
@@ -38,11 +40,21 @@ def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
     ]
     one = run_cli(*common, "--out", tmp_path / "one.h5", "--trainer.devices", 1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli(*common, "--out", tmp_path / "two.h5", "--trainer.devices", 2, "--trainer.strategy", "ddp")
+    assert not any(virtual_layers(tmp_path / "one.h5").values()) and not (tmp_path / "one.h5.shards").exists()
+    ddp = ["--trainer.devices", 2, "--trainer.strategy", "ddp", "--layout", layout]
+    two = run_cli(*common, "--out", tmp_path / "two.h5", *ddp)
     assert two.returncode == 0, two.stderr[-3000:]
 
     a, b = file_contents(tmp_path / "one.h5"), file_contents(tmp_path / "two.h5")
+    with h5py.File(tmp_path / "one.h5") as f:  # row i says what stimulus i was
+        assert f["stimulus"].asstr()[:].tolist() == [json.loads(x)["text"] for x in open(stimuli)]
     virtual = virtual_layers(tmp_path / "two.h5")
+    if layout == "single":
+        assert not any(virtual.values()) and not (tmp_path / "two.h5.shards").exists()
+        assert sorted(a) == sorted(b) and a.pop("attrs") == b.pop("attrs")
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], atol=1e-6, rtol=0, err_msg=name)
+        return
     assert all(virtual.values()) and len(virtual) == 2
     assert sorted(a) == sorted(b)
     assert a.pop("attrs") == b.pop("attrs")
@@ -74,6 +86,13 @@ def test_two_process_master_equals_one_process(gpt2_dir, tmp_path, n, batch):
             )
     finally:
         os.chdir(cwd)
+    packed = run_cli("pack", tmp_path / "two.h5", "--out", tmp_path / "packed.h5")
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    c = file_contents(tmp_path / "packed.h5")
+    assert not any(virtual_layers(tmp_path / "packed.h5").values()) and (tmp_path / "two.h5.shards").is_dir()
+    assert c.pop("attrs") == file_contents(tmp_path / "one.h5")["attrs"]
+    for name in b:
+        np.testing.assert_array_equal(c[name], b[name], err_msg=name)
 
 
 def test_online_selection_two_processes_equals_one_and_offline(gpt2_dir, tmp_path):

@@ -99,12 +99,14 @@ def run_ablation(
     trainer: dict[str, Any] | None = None,
     loaded: Any = None,
     png_dir: str | os.PathLike | None = None,
+    log_name: str | None = None,
 ) -> dict[str, Any]:
     """:func:`ablate` for Python callers that hold the pieces (``out`` is replaced if it exists).
 
     Besides :func:`ablate`'s parameters: ``task_data`` may be a ``datasets.Dataset``; ``loaded`` an already loaded
     :class:`localizer.recording.models.LoadedModel` (skips loading ``model``); ``png_dir`` also saves the
-    TensorBoard figures as PNG files there; ``log_dir=None`` logs nothing.
+    TensorBoard figures as PNG files there; ``log_dir=None`` logs nothing; ``log_name`` (a job's name) puts the
+    TensorBoard run at ``log_dir/<log_name>/ablate/<task>`` (else ``ablate/version_N``).
     """
 
     from localizer.ablation.module import AblationDataModule, AblationModule, build_conditions
@@ -163,61 +165,79 @@ def run_ablation(
         max_length = fit_texts(texts, loaded.processor, max_length, loaded.max_positions, "task data")
     the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
     module = AblationModule(loaded.model, the_task, conditions, str(attrs["pooling"]), kind)
-    kwargs = trainer_kwargs(trainer)
-    if "logger" not in (trainer or {}) and log_dir is not None:
-        from lightning.pytorch.loggers import TensorBoardLogger
+    from localizer.report import tensorboard_run
 
-        kwargs["logger"] = TensorBoardLogger(str(log_dir), name="ablate")
-    runner = build_trainer(kwargs)
-    if runner.world_size > len(data):
-        raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
-    runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
-    assert module.results is not None  # set by on_validation_epoch_end on every rank
-    doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
-    doc["provenance"] = _provenance(loaded, selection, attrs, task_data, len(data), method)
-    undefined = [m for m in doc["metrics"] if doc["baseline"][m] is None]
-    if undefined:
-        import warnings
+    own_logger = "logger" not in (trainer or {}) and log_dir is not None
+    with tensorboard_run(
+        log_dir if own_logger else None, "ablate" if log_name is None else f"ablate/{task}", log_name
+    ) as logger:
+        kwargs = trainer_kwargs(trainer)
+        if logger is not None:
+            kwargs["logger"] = logger
+        kwargs["enable_progress_bar"] = False  # the module shows one bar per condition instead
+        module.progress = (trainer or {}).get("enable_progress_bar", True) is not False
+        runner = build_trainer(kwargs)
+        if runner.world_size > len(data):
+            raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
+        runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
+        assert module.results is not None  # set by on_validation_epoch_end on every rank
+        doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
+        doc["provenance"] = _provenance(loaded, selection, attrs, task_data, len(data), method)
+        undefined = [m for m in doc["metrics"] if doc["baseline"][m] is None]
+        if undefined:
+            import warnings
 
-        warnings.warn(
-            f"{task}: {', '.join(undefined)} could not be computed on this task data (nothing to score, e.g. texts of "
-            f"one token for next-token); they are null in the results",
-            stacklevel=2,
-        )
-    results = module.results
-
-    def write() -> None:  # rank 0 writes for all; a failure there reaches every rank
-        if out is not None:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(str(out) + ".tmp")
-            try:
-                tmp.write_text(json.dumps(doc, indent=2))
-                os.replace(tmp, out)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        if runner.logger is not None:
-            from localizer.report import log_ablation
-
-            log_ablation(
-                runner.logger,
-                doc,
-                results,
-                conditions,
-                {
-                    "task": task,
-                    "method": method,
-                    "n_selected": int(attrs["n_selected"]),
-                    "model": str(attrs.get("model", "")),
-                    "selection": str(selection),
-                    "controls": ",".join(kinds),
-                    "n_controls": n_controls or 0,
-                },
-                png_dir=png_dir,
+            warnings.warn(
+                f"{task}: {', '.join(undefined)} could not be computed on this task data (nothing to score, e.g. "
+                f"texts of one token for next-token); they are null in the results",
+                stacklevel=2,
             )
 
-    on_rank_zero(runner, write)
+        def write() -> None:  # rank 0 writes for all; a failure there reaches every rank
+            if out is not None:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                tmp = Path(str(out) + ".tmp")
+                try:
+                    tmp.write_text(json.dumps(doc, indent=2))
+                    os.replace(tmp, out)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+            from localizer.report import log_ablation
+
+            hparams = {
+                "job": log_name or "",
+                "task": task,
+                "method": method,
+                "n_selected": int(attrs["n_selected"]),
+                "model": str(attrs.get("model", "")),
+                "selection": str(selection),
+                "task_data": doc["provenance"]["task_data"],
+                "controls": ",".join(kinds),
+                "n_controls": n_controls or 0,
+            }
+            if runner.logger is not None or png_dir is not None:
+                log_ablation(runner.logger, doc, hparams, png_dir=png_dir)
+
+        on_rank_zero(runner, write)
     return doc
+
+
+def check_task(loaded, task: str, data, max_length: int | None) -> None:
+    """Run the unablated model on the first rows of ``data`` for ``task``: what the model cannot do (no prediction
+    head, no token logits, no tokenizer) is refused in one line before any long work starts."""
+    import torch
+
+    from localizer.ablation.tasks import make_task
+    from localizer.recording.datamodule import IndexedRows
+    from localizer.recording.models import ModelCaller
+
+    kind = "text" if ("text" in data.column_names or task == "minimal-pairs") else "image"
+    the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
+    rows = IndexedRows(data.select(range(min(2, len(data)))), the_task.columns)
+    batch = the_task.collate([rows[i] for i in range(len(rows))])
+    with torch.no_grad():
+        the_task.output(ModelCaller(loaded.model.eval(), kind), batch)
 
 
 def control_kinds(controls: str | list[str]) -> list[str]:

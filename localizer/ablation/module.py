@@ -39,6 +39,7 @@ class Condition:
     group: str
     edits: dict[str, tuple[torch.Tensor, torch.Tensor]] | None
     sweep: str | None = None
+    n_units: int | None = None
 
 
 class AblationModule(L.LightningModule):
@@ -62,16 +63,39 @@ class AblationModule(L.LightningModule):
         self.call_model = ModelCaller(model, modality)
         self.states: list[SumStates] = nn.ModuleList([SumStates(task.sums()) for _ in conditions])  # type: ignore[assignment]
         self.results: dict[str, dict[str, float]] | None = None
+        self.progress = False  # a progress bar (rank 0) that names the condition being evaluated
+        self._bar: Any = None
+
+    def on_validation_start(self) -> None:
+        if self.progress and self.trainer.is_global_zero:
+            from tqdm.auto import tqdm
+
+            batches = int(sum(self.trainer.num_val_batches))
+            self._bar = tqdm(
+                total=batches * len(self.conditions), desc=f"ablation {self.task.name}", unit="condition", leave=False
+            )
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         baseline = self.task.output(self.call_model, batch)
+        n_batches = int(sum(self.trainer.num_val_batches)) if self._bar is not None else 0
         for c, states in zip(self.conditions, self.states):
+            if self._bar is not None:
+                self._bar.set_description(
+                    f"ablation {self.task.name}: {c.name} (batch {batch_idx + 1}/{n_batches})", refresh=False
+                )
             if c.edits is None:
                 out = baseline
             else:
                 with silence(self.model, c.edits, self.pooling):
                     out = self.task.output(self.call_model, batch)
             self.task.update(states, out, baseline, batch)
+            if self._bar is not None:
+                self._bar.update(1)
+
+    def on_validation_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def on_validation_epoch_end(self) -> None:
         self.results = {c.name: self.task.finalize(s.compute()) for c, s in zip(self.conditions, self.states)}
@@ -162,7 +186,8 @@ def sweep_conditions(
         mask = select_units(stats["t"], stats["q"], selection.valid, layout, opts)
         controls = draw_controls(mask, selection.valid, layout, stats["mean_abs_all"], n_controls, opts.seed + 1, kinds)
         tag = f"sweep{opts.top}"
-        out.append(Condition(f"{tag}_localized", "localized", unit_edits(layout.split(mask), method, means), opts.top))
+        edits = unit_edits(layout.split(mask), method, means)
+        out.append(Condition(f"{tag}_localized", "localized", edits, opts.top, int(mask.sum())))
         for kind in kinds:
             out += [
                 Condition(f"{tag}_{kind}_{i}", kind, unit_edits(layout.split(c), method, means), opts.top)

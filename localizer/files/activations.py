@@ -6,10 +6,14 @@ File format (version 1), the contract every later command reads:
   these are HDF5 *virtual datasets* over the segment files (source paths relative to the master file, fill value
   NaN).
 - ``/positive``: bool ``[N]``; ``/index``: int64 ``[N]`` equal to ``0..N-1``; ``/split``: utf-8 strings ``[N]``
-  when the stimuli have a split column.
+  when the stimuli have a split column; ``/stimulus``: utf-8 strings ``[N]``, what row ``i`` was shown (the text;
+  for images the file path, or ``<source>#<row>`` for images without one).
+- A finished extraction is *packed* by default (:mod:`localizer.files.pack`): the activations are real datasets in
+  the one file and the segments are gone. With ``layout: virtual`` they stay virtual datasets over the segments.
 - root attributes: ``format_version`` (1), ``model``, ``model_class``, ``pooling``, ``layers`` (JSON list, recording
   order), ``n_stimuli``, ``created`` (ISO 8601, UTC); ``stimuli`` (and ``control``): the stimulus source(s), when
-  given as paths or ids.
+  given as paths or ids; ``weights`` (the weights' fingerprint) and ``settings`` (JSON: everything that determines
+  the values, compared when a run is repeated).
 
 Crash safety (the writer is :class:`localizer.files.writer.HDF5ActivationWriter`, the segments
 :mod:`localizer.files.segments`, resuming :mod:`localizer.files.resume`).
@@ -89,8 +93,16 @@ def strided_runs(index: np.ndarray) -> list[tuple[int, int, int, int]]:
     return runs
 
 
-def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any], before_rename=None) -> Path:
+def write_master(
+    out: str | os.PathLike,
+    n_stimuli: int,
+    metadata: dict[str, Any],
+    before_rename=None,
+    columns: dict[str, Any] | None = None,
+) -> Path:
     """Write the master file over the committed segments of ``out`` (see the module docstring).
+
+    ``columns``: more per-stimulus datasets (``{name: [N] strings}``, e.g. ``stimulus``) stored as real datasets.
 
     Raises:
         LocalizerError: a segment is incomplete, or the segments do not cover ``0..N-1`` exactly once.
@@ -155,6 +167,10 @@ def write_master(out: str | os.PathLike, n_stimuli: int, metadata: dict[str, Any
             f.create_dataset("positive", data=positive)
             if split is not None:
                 f.create_dataset("split", data=split.astype(object), dtype=STRING)
+            for name, values in (columns or {}).items():
+                if len(values) != n_stimuli:
+                    raise LocalizerError(f"{out}: column {name!r} has {len(values)} values for {n_stimuli} stimuli")
+                f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=STRING)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["model"] = str(metadata.get("model", ""))
             f.attrs["model_class"] = str(metadata.get("model_class", ""))

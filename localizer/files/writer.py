@@ -22,6 +22,7 @@ from localizer.files.resume import RunLock, check_segment_folder, plan_resume, r
 from localizer.files.segments import SegmentWriter
 
 NAN_POLICIES = ("error", "allow")
+LAYOUTS = ("single", "virtual")
 
 
 def _to_numpy(prediction: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -50,6 +51,9 @@ class HDF5ActivationWriter(BasePredictionWriter):
         nan_policy: ``"error"`` stop at the first NaN/inf activation, naming the layer and the stimulus index;
             ``"allow"`` record them and warn at the end (``localizer check`` lists them; ``localizer select``
             refuses such a file).
+        layout: ``"single"`` pack the finished file into one self-contained file and delete the segments
+            (:mod:`localizer.files.pack`); ``"virtual"`` keep the master's virtual datasets over the segments.
+        stimulus: what each of the N rows shows (text, image path or id), stored as ``/stimulus``.
 
     The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
     :class:`localizer.recording.datamodule.LocalizerDataModule` makes them; the prediction is
@@ -69,8 +73,12 @@ class HDF5ActivationWriter(BasePredictionWriter):
         segment_mb: float = 1024.0,
         segment_minutes: float = 10.0,
         nan_policy: str = "error",
+        layout: str = "single",
+        stimulus: list[str] | None = None,
     ):
         super().__init__(write_interval="batch")
+        if layout not in LAYOUTS:
+            raise LocalizerError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         if nan_policy not in NAN_POLICIES:
             raise LocalizerError(f"unknown nan policy {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
         if mode not in ("auto", "resume", "fresh"):
@@ -84,6 +92,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self.mode = mode
         self.segment_bytes, self.segment_seconds = segment_mb * 2**20, segment_minutes * 60
         self.nan_policy = nan_policy
+        self.layout, self.stimulus = layout, stimulus
         self._segment: SegmentWriter | None = None
         self._seq = self._attempt = 0
         self._done: np.ndarray | None = None
@@ -227,16 +236,23 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 f"rank {trainer.global_rank}: another process of this job stopped before the end "
                 f"({' '.join(str(e).split())[:120]}); rerun the command to resume"
             ) from e
-        try:
-            on_rank_zero(
-                trainer,
-                lambda: write_master(
-                    self.out,
-                    self._n_stimuli(trainer),
-                    self._metadata(pl_module),
-                    before_rename=lambda: failpoint("before-master", 0),
-                ),
+
+        def finish() -> None:
+            write_master(
+                self.out,
+                self._n_stimuli(trainer),
+                self._metadata(pl_module),
+                before_rename=lambda: failpoint("before-master", 0),
+                columns=None if self.stimulus is None else {"stimulus": self.stimulus},
             )
+            if self.layout == "single":
+                from localizer.files.pack import pack
+
+                failpoint("before-pack", 0)
+                pack(self.out, held=True)  # every rank holds the folder's lock until this returns
+
+        try:
+            on_rank_zero(trainer, finish)
         finally:
             self._release()
 

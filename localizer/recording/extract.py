@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ def extract(
     resume: bool = False,
     segment_mb: float = 1024.0,
     nan_policy: Literal["error", "allow"] = "error",
+    layout: Literal["single", "virtual"] = "single",
     trust_remote_code: bool = False,
     selection: Optional[str] = None,
     log_dir: Optional[str] = "lightning_logs",
@@ -71,6 +73,8 @@ def extract(
             is nothing to resume, a no-op when out is complete.
         segment_mb: commit recorded rows to disk every this many MB per process (what a crash can lose).
         nan_policy: error (stop at the first NaN/inf activation, naming layer and stimulus) or allow (record).
+        layout: single (one self-contained file; the segments are packed into it and deleted at the end) or virtual
+            (keep virtual datasets over out.shards/: no copy, for outputs too large to hold twice).
         trust_remote_code: allow code shipped with a hub model to run.
         selection: also compute the selection while recording and write it to this file (options below).
         log_dir: TensorBoard folder of the online selection (an extract/ run is added; null: no logs).
@@ -98,6 +102,7 @@ def extract(
         resume=resume,
         segment_mb=segment_mb,
         nan_policy=nan_policy,
+        layout=layout,
         trust_remote_code=trust_remote_code,
         selection=selection,
         selection_options=options,
@@ -127,30 +132,35 @@ def record(
     resume: bool = False,
     segment_mb: float = 1024.0,
     nan_policy: str = "error",
+    layout: str = "single",
     trust_remote_code: bool = False,
     selection: str | os.PathLike | None = None,
     selection_options: SelectionOptions | None = None,
     log_dir: str | os.PathLike | None = "lightning_logs",
     source: str | None = None,
     trainer: dict[str, Any] | None = None,
+    announce: bool = True,
 ) -> Path:
     """:func:`extract` for Python callers that hold the pieces: ``model`` may be a loaded
     :class:`localizer.recording.models.LoadedModel`, ``stimuli`` a ``datasets.Dataset`` (then ``source`` names it
-    in the file), ``transform`` a callable, and the selection rule a :class:`SelectionOptions`."""
+    in the file), ``transform`` a callable, and the selection rule a :class:`SelectionOptions`; ``announce=False``
+    says nothing when a finished file is found (the caller reports it)."""
 
     from localizer.files.activations import segment_files
     from localizer.files.outputs import check_log_dir, check_output, check_outputs, input_files, source_name
     from localizer.files.resume import check_partial, check_segment_folder, committed_rows
-    from localizer.files.writer import NAN_POLICIES, HDF5ActivationWriter
+    from localizer.files.writer import LAYOUTS, NAN_POLICIES, HDF5ActivationWriter
     from localizer.recording.datamodule import LocalizerDataModule, fit_texts
     from localizer.recording.models import LoadedModel, load_model
     from localizer.recording.recorder import ActivationRecorder
-    from localizer.recording.stimuli import fingerprint, load_stimuli, modality, validate_stimuli
+    from localizer.recording.stimuli import fingerprint, load_stimuli, modality, stimulus_labels, validate_stimuli
 
     at_least(1, batch_size=batch_size, max_length=max_length)
     at_least(0, num_workers=num_workers)
     if nan_policy not in NAN_POLICIES:
         raise LocalizerError(f"unknown {opt('nan_policy')} {nan_policy!r}; choose one of {', '.join(NAN_POLICIES)}")
+    if layout not in LAYOUTS:
+        raise LocalizerError(f"unknown {opt('layout')} {layout!r}; choose one of {', '.join(LAYOUTS)}")
     if not segment_mb > 0:
         raise LocalizerError(f"{opt('segment_mb')} must be positive, got {segment_mb}")
     out = Path(out)
@@ -172,7 +182,7 @@ def record(
     if not finished:
         check_output(out, overwrite)
     prior = 0 if overwrite else committed_rows(out)
-    if resume and not prior:
+    if resume and not prior and not finished:
         raise LocalizerError(f"{out}: nothing to resume (no recorded segments); run without {opt('resume', True)}")
     provenance: dict[str, str | None] = {}
     if source:  # a dataset that the caller names (run: the stimuli as given, resolved)
@@ -229,19 +239,28 @@ def record(
         "nan_policy": nan_policy,
     }
     provenance["weights"] = str(key["weights"])  # recorded: ablate checks that it loads the same model
+    provenance["settings"] = json.dumps(key)  # compared when the same extraction is asked for again
     if finished:
-        return _finished(out, key, selection, selection_options, overwrite, log_dir)
+        return _finished(out, key, selection, selection_options, overwrite, log_dir, announce)
     mode = "fresh" if overwrite else "resume" if resume else "auto"
     if prior:
         check_partial(out, key)  # before any process starts; the writer checks again, race-free, on rank 0
     writer = HDF5ActivationWriter(
-        out, provenance, n_stimuli=len(stimuli), resume_key=key, mode=mode, segment_mb=segment_mb, nan_policy=nan_policy
+        out,
+        provenance,
+        n_stimuli=len(stimuli),
+        resume_key=key,
+        mode=mode,
+        segment_mb=segment_mb,
+        nan_policy=nan_policy,
+        layout=layout,
+        stimulus=stimulus_labels(stimuli, provenance.get("stimuli")),
     )
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]
     if prior:
-        from lightning.pytorch.utilities import rank_zero_info
+        from localizer.distributed import say
 
-        rank_zero_info(f"resuming {out}: {prior} of {len(stimuli)} stimuli already recorded")
+        say(f"resuming {out}: {prior} of {len(stimuli)} stimuli already recorded")
     if selection is not None:
         check_output(Path(selection), overwrite)
     if selection is not None and not prior:
@@ -266,31 +285,51 @@ def record(
     return out
 
 
-def _finished(out: Path, key: dict[str, Any], selection, options, overwrite: bool, log_dir) -> Path:
+def _finished(out: Path, key: dict[str, Any], selection, options, overwrite: bool, log_dir, announce: bool) -> Path:
     """``resume`` on a complete activation file: recorded with the same settings, there is nothing to record (the
     selection, when asked for, is computed from the file); with other settings it is refused, naming them."""
-    from localizer.files.activations import segment_dir
     from localizer.files.outputs import check_output
-    from localizer.files.resume import SettingsMismatch, read_manifest, settings_diff
+    from localizer.files.resume import SettingsMismatch, settings_diff
 
-    manifest = read_manifest(segment_dir(out)) or {}
-    if manifest.get("key") is None:
+    recorded = recorded_settings(out)
+    if recorded is None:
         raise LocalizerError(
-            f"{out} is complete, but {segment_dir(out) / 'run.json'} is missing, so its settings cannot be compared; "
+            f"{out} is complete, but its settings were not recorded (an older file), so they cannot be compared; "
             f"pass {opt('overwrite', True)} to record again"
         )
-    diff = settings_diff(manifest["key"], key)
+    diff = settings_diff(recorded, key)
     if diff:
-        raise SettingsMismatch(
+        error = SettingsMismatch(
             f"{out} is complete but was recorded with other settings ({'; '.join(diff)}); pass "
             f"{opt('overwrite', True)} to record again"
         )
+        error.diff = diff
+        raise error
     if selection is not None and os.environ.get("RANK", "0") == "0":
         from localizer.selection.select import select_file
 
         check_output(Path(selection), overwrite)
         select_file(out, selection, options, log_dir=log_dir)
-    from lightning.pytorch.utilities import rank_zero_info
+    from localizer.distributed import say
 
-    rank_zero_info(f"{out} is complete; nothing to resume (it was recorded with these settings)")
+    if announce:
+        say(f"{out} is complete; nothing to resume (it was recorded with these settings)")
     return out
+
+
+def recorded_settings(out: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings key a finished activation file was recorded with: its ``settings`` attribute, or (files of
+    layout virtual from before that attribute) ``<out>.shards/run.json``; ``None`` when neither is there."""
+    import h5py
+
+    from localizer.files.activations import segment_dir
+    from localizer.files.resume import read_manifest
+
+    try:
+        with h5py.File(out, "r") as f:
+            text = f.attrs.get("settings")
+    except OSError:
+        return None
+    if text is not None:
+        return json.loads(text)
+    return (read_manifest(segment_dir(out)) or {}).get("key")

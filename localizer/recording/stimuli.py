@@ -111,6 +111,18 @@ def fingerprint(ds: datasets.Dataset) -> str:
     return h.hexdigest()
 
 
+def stimulus_labels(ds: datasets.Dataset, source: str | None = None) -> list[str]:
+    """What each row shows, as ``[N]`` strings: the text, an image's file path, or ``<source>#<row>`` for an image
+    held as bytes (no path)."""
+    if modality(ds) == "text":
+        return [str(t) for t in ds["text"]]
+    import datasets
+
+    paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
+    name = source or "stimuli"
+    return [(p or {}).get("path") or f"{name}#{i}" for i, p in enumerate(paths)]
+
+
 def modality(ds: datasets.Dataset) -> str:
     """``"text"`` or ``"image"``: which stimulus column the set has."""
     return "text" if "text" in ds.column_names else "image"

@@ -96,6 +96,8 @@ def finish_selection(
         **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")},
         **{k: str(meta[k]) for k in ("stimuli", "control", "weights") if meta.get(k)},
     }
+    if meta.get("settings"):  # what the activations were recorded with: a run reuses a selection only from them
+        attrs["activations_settings"] = str(meta["settings"])
     if halves is not None:
         masks = []
         for g in (0, 1):

@@ -61,6 +61,7 @@ def select_file(
     chunk_bytes: int = 16 << 20,
     log_dir: str | os.PathLike | None = "lightning_logs",
     png_dir: str | os.PathLike | None = None,
+    log_name: str | None = None,
 ) -> Selection:
     """Compute the selection from an activation file and write it to ``out`` (replacing it).
 
@@ -71,6 +72,7 @@ def select_file(
         chunk_bytes: float64 bytes per chunk of rows over all layers.
         log_dir: TensorBoard folder (a ``select`` run is added); None to skip.
         png_dir: also save the figures as PNG files here.
+        log_name: the job's name: the TensorBoard run is ``log_dir/<log_name>/select`` (else ``select/version_N``).
     """
     import numpy as np
     import torch
@@ -127,13 +129,14 @@ def select_file(
         {**meta, "source": str(Path(activations).resolve())},
     )
     result.write(out)
-    if log_dir is not None:
-        from lightning.pytorch.loggers import TensorBoardLogger
+    from localizer.report import log_selectivity, tensorboard_run
 
-        from localizer.report import log_selectivity
-
-        logger = TensorBoardLogger(str(log_dir), name="select")
-        logger.log_hyperparams({"activations": str(activations), "selection": json.loads(options.to_json())})
-        log_selectivity(logger.experiment, result, png_dir=png_dir)
-        logger.finalize("success")
+    with tensorboard_run(log_dir, "select", log_name) as logger:
+        if logger is not None:
+            options_text = json.dumps({"activations": str(activations), **json.loads(options.to_json())}, indent=2)
+            logger.experiment.add_text("selectivity/options", f"```\n{options_text}\n```", 0)
+            log_selectivity(logger.experiment, result, png_dir=png_dir)
+            logger.finalize("success")
+        elif png_dir is not None:
+            log_selectivity(None, result, png_dir=png_dir)
     return result

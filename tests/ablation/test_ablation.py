@@ -312,10 +312,14 @@ def test_sweep_reselects_from_stored_t(planted):
     )
     tops = [p["top"] for p in doc["sweep"]]
     assert tops == ["12.5", "25"]
-    # 12.5% of 16 channels = 2 units = the original selection: the same localized delta
-    assert doc["sweep"][0]["localized"] == doc["delta"]["localized"]
-    assert doc["sweep"][0]["global"] == doc["delta"]["global"]  # same seed → same controls
-    assert len(doc["sweep"][1]["magnitude_matched"]) == 2
+    # 12.5% of 16 channels = 2 units = the original selection: the same numbers under the same keys
+    first = doc["sweep"][0]
+    assert first["n_selected"] == doc["n_selected"] == 2 and doc["sweep"][1]["n_selected"] == 4
+    for key in ("localized", "controls", "delta", "z", "p_empirical"):
+        assert first[key] == doc[key], key  # same seed → same controls
+    assert len(doc["sweep"][1]["delta"]["magnitude_matched"]) == 2
+    raw, base = doc["sweep"][1]["localized"]["accuracy"], doc["baseline"]["accuracy"]
+    assert doc["sweep"][1]["delta"]["localized"]["accuracy"] == pytest.approx(raw - base)
 
 
 def test_control_statistics_by_hand():

@@ -28,6 +28,7 @@ def files(gpt2_dir, tmp_path_factory):
         d / "a.h5",
         batch_size=2,
         segment_mb=0.0001,
+        layout="virtual",
         trainer={"accelerator": "cpu", "enable_progress_bar": False},
     )
     select_file(d / "a.h5", d / "sel.h5", SelectionOptions(top="10%", controls=2), log_dir=None)

@@ -43,6 +43,8 @@ def command(gpt2_dir, stimuli, out, *extra):
         "mean",
         "--segment_mb",
         "0.0005",
+        "--layout",
+        "virtual",
         "--trainer.accelerator",
         "cpu",
         "--trainer.enable_progress_bar",
