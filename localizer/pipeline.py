@@ -217,7 +217,7 @@ def run(
             print_run_summary(f"{model} ({label})" if untrained else model, stimuli, result, docs)
         (folder / "summary.txt").write_text(text.getvalue())
         print(text.getvalue(), end="")
-    write_job(out, {"job": job, "started": read_job(out)["started"], "finished": _now()})
+    write_job(out, {"job": job, "started": (read_job(out) or {}).get("started"), "finished": _now()})
     where = f"; TensorBoard: tensorboard --logdir {log_dir}" if log_dir is not None else ""
     print(f"wrote {out}/{where}")
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,11 +180,11 @@ def log_ablation(logger, doc: dict, hparams: dict, png_dir=None) -> None:
                         ex.add_scalar(f"ablation/{task}/{m}/{name}", v, i)
             for point in doc.get("sweep", []):
                 step = int(round(100 * float(point["top"])))
-                values = {"localized": point["delta"]["localized"][m]}
+                means: dict[str, float | None] = {"localized": point["delta"]["localized"][m]}
                 for k in kinds:
                     ds = [d[m] for d in point["delta"].get(k, []) if d[m] is not None]
-                    values[k] = float(np.mean(ds)) if ds else None
-                for name, v in values.items():
+                    means[k] = float(np.mean(ds)) if ds else None
+                for name, v in means.items():
                     if v is not None:
                         ex.add_scalar(f"ablation/{task}/{m}/sweep/{name}", v, step)
         layout = {}
@@ -242,7 +243,7 @@ def _delta_figure(plt, doc: dict, stem: str, group: list[str], kinds: list[str])
     ax.set_xticks(range(len(kinds) + 1), ["localized units"] + [f"{k}\ncontrols" for k in kinds], fontsize=7)
     ax.set_ylabel(f"delta {stem} (ablated - baseline)", fontsize=8)
     ax.set_title(f"{doc['task']}: {doc['method']} ablation of {doc['n_selected']} units", fontsize=9)
-    handles = [Patch(color=c, label=m) for c, m in zip(colors, group)] if len(group) > 1 else []
+    handles: list[Any] = [Patch(color=c, label=m) for c, m in zip(colors, group)] if len(group) > 1 else []
     handles += [
         Patch(color="tab:gray", alpha=0.35, label="control sets: mean ± 1 sd"),
         Line2D([], [], marker="o", linestyle="", color="black", markersize=3, label="one control set"),

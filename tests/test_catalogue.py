@@ -37,6 +37,7 @@ def w(gpt2_dir, bert_dir, resnet_dir, text_file, tmp_path_factory):
         d / "acts.h5",
         layers="transformer.h.*",
         segment_mb=0.001,
+        layout="virtual",
         trainer={"accelerator": "cpu", "enable_progress_bar": False},
     )
     select_file(acts, d / "sel.h5", SelectionOptions(count=6, controls=4, seed=1), log_dir=None)
@@ -84,6 +85,7 @@ def partial_with_other_settings(w, t):
         t / "a.h5",
         layers="transformer.h.0",
         segment_mb=0.001,
+        layout="virtual",
         trainer={"accelerator": "cpu", "enable_progress_bar": False},
     )
     (t / "a.h5").unlink()

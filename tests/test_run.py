@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
+from helpers import CPU_FLAGS
 
 from localizer.cli import main
 
@@ -77,8 +80,12 @@ ablate:
     assert doc["baseline"]["agreement_positive"] == 1.0 and len(doc["controls"]["layer_matched"]) == 3
     summary = (out / "summary.txt").read_text()
     assert "selected 6 of 64 units" in summary and "vs magnitude_matched" in summary and "magnitude:" in summary
-    assert summary in printed
-    assert (tmp_path / "lightning_logs" / "ablate").is_dir() and (tmp_path / "lightning_logs" / "exemplars").is_dir()
+    assert summary in printed and printed.rstrip().endswith("TensorBoard: tensorboard --logdir lightning_logs")
+    job = f"cfg-tom-{Path(gpt2_dir).name}"  # the config's name, the stimuli, the model
+    logs = tmp_path / "lightning_logs"
+    runs = {str(p.parent.relative_to(logs)) for p in logs.rglob("events.out.tfevents.*")}
+    steps = {"select", "exemplars", "ablate/next-token", "ablate/agreement"}
+    assert runs == {f"{job}/{s}" for s in steps} | {f"{job}/untrained/{s}" for s in steps}
 
 
 def test_print_config_and_shipped_configs(capsys):
@@ -95,32 +102,99 @@ def test_print_config_and_shipped_configs(capsys):
     assert main(["run", "--config", "language", "--no_such_key", "1"]) == 2
 
 
-def test_run_continues_a_killed_extraction_and_restarts_a_foreign_one(gpt2_dir, text_file, tmp_path, capsys, caplog):
+def test_run_continues_a_killed_extraction_and_reuses_a_finished_one(gpt2_dir, text_file, tmp_path, capsys):
     from localizer import extract
-    from localizer.pipeline import _extract_or_resume
+    from localizer.pipeline import _extract_or_reuse
 
     cpu = {"accelerator": "cpu", "enable_progress_bar": False}
     path = tmp_path / "activations.h5"
-    extract(gpt2_dir, text_file, path, layers="transformer.h.0", segment_mb=0.001, trainer=cpu)
+    kw = {"layers": "transformer.h.0", "layout": "virtual", "trainer": cpu}
+    extract(gpt2_dir, text_file, path, segment_mb=0.001, **kw)
     with h5py.File(path) as f:
         reference = f["activations/transformer.h.0"][:]
     path.unlink()  # as if killed before the master's rename: every segment is committed
     segments = sorted(p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5"))
-    _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.0", trainer=cpu)
-    assert "resuming" in caplog.text and "37 of 37 stimuli already recorded" in caplog.text
+    _extract_or_reuse(gpt2_dir, text_file, path, **kw)
+    assert "resuming" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5")) == segments
     with h5py.File(path) as f:
         np.testing.assert_array_equal(f["activations/transformer.h.0"][:], reference)
 
     path.unlink()
-    _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.1", trainer=cpu)  # other settings
+    _extract_or_reuse(gpt2_dir, text_file, path, **{**kw, "layers": "transformer.h.1"})  # other settings
     assert "holds a partial extraction made with other settings: starting over" in capsys.readouterr().out
     with h5py.File(path) as f:
         assert list(f["activations"]) == ["transformer.h.1"]
-    before = {p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5")}
-    _extract_or_resume(gpt2_dir, text_file, path, layers="transformer.h.1", trainer=cpu)  # finished: replaced
-    after = {p.name for p in (tmp_path / "activations.h5.shards").glob("part-*.h5")}
-    assert after and not after & before and len({name.split("-")[1] for name in after}) == 1
+    stamp = path.stat().st_mtime_ns
+    _extract_or_reuse(gpt2_dir, text_file, path, **{**kw, "layers": "transformer.h.1"})  # finished, same: reused
+    assert "reusing" in capsys.readouterr().out and path.stat().st_mtime_ns == stamp
+    _extract_or_reuse(gpt2_dir, text_file, path, **kw)  # finished, other settings: recorded again
+    assert "recorded with other settings (layers" in capsys.readouterr().out
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["activations/transformer.h.0"][:], reference)
+
+
+def test_jobs_own_their_folders(gpt2_dir, text_file, tmp_path, capsys, monkeypatch):
+    """Two different runs land in two folders; a finished run is neither repeated nor replaced without --overwrite;
+    with it, an ablation option change reuses the activations and the selection; the whole folder checks OK."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(text_file, tmp_path / "other.jsonl")
+    base = ["run", "--model", gpt2_dir, "--layers", "transformer.h.*", "--max_length", "60", *CPU_FLAGS]
+    base += ["--select.top", "10%", "--select.controls", "2", "--ablate.tasks", '[{"task": "agreement", "data": null}]']
+    first = [*base, "--stimuli", text_file]
+    folder = tmp_path / "outputs" / f"texts-{Path(gpt2_dir).name}"
+
+    def state():
+        return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    assert main(first) == 0
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1].startswith(f"wrote {Path('outputs') / folder.name}/")
+    assert "GPU available" not in out  # Lightning's info lines are hidden without --verbose
+    job = json.loads((folder / "run.json").read_text())
+    assert job["finished"] and job["job"]["ablate"]["tasks"] == [{"task": "agreement", "data": None}]
+    before = state()
+    doc = json.loads((folder / "results_agreement.json").read_text())
+
+    assert main(first) == 0  # the same run again: nothing is redone
+    assert "already holds this run" in capsys.readouterr().out and state() == before
+
+    assert main([*first, "--ablate.method", "mean"]) == 2  # another finished run is never replaced silently
+    err = capsys.readouterr().err
+    assert "holds a finished run with other settings (ablate.method: 'zero' -> 'mean')" in err and "--overwrite" in err
+    assert state() == before
+
+    assert main([*first, "--ablate.method", "mean", "--overwrite"]) == 0  # only the ablation is rerun
+    out = capsys.readouterr().out
+    assert "reusing" in out and "activations.h5" in out and "selection.h5" in out
+    after = state()
+    assert after["activations.h5"] == before["activations.h5"] and after["selection.h5"] == before["selection.h5"]
+    mean_doc = json.loads((folder / "results_agreement.json").read_text())
+    assert mean_doc["method"] == "mean" and doc["method"] == "zero"
+    assert mean_doc["baseline"] == doc["baseline"]  # the same model on the same rows
+
+    assert main([*base, "--stimuli", str(tmp_path / "other.jsonl")]) == 0  # another job, another folder
+    capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(
+        [folder.name, f"other-{Path(gpt2_dir).name}"]
+    )
+    assert state() == after
+    assert main(["check", str(folder)]) == 0
+    checked = capsys.readouterr().out
+    assert "activations.h5: OK" in checked and "results_agreement.json: OK" in checked and "run.json" in checked
+
+    # the activation file alone, copied anywhere, reads the same values with plain h5py
+    alone = tmp_path / "copy" / "a.h5"
+    alone.parent.mkdir()
+    shutil.copy(folder / "activations.h5", alone)
+    with h5py.File(alone) as f, h5py.File(folder / "activations.h5") as g:
+        for layer in ("transformer.h.0", "transformer.h.1"):
+            assert not f[f"activations/{layer}"].is_virtual
+            np.testing.assert_array_equal(f[f"activations/{layer}"][:], g[f"activations/{layer}"][:])
+            assert np.isfinite(f[f"activations/{layer}"][:]).all()
+        texts = [json.loads(line)["text"] for line in open(text_file)]
+        assert f["stimulus"].asstr()[:].tolist() == texts
+    assert not (folder / "activations.h5.shards").exists()
 
 
 def test_run_checks_every_step_before_any_work(gpt2_dir, text_file, tmp_path, capsys, monkeypatch):

@@ -107,7 +107,9 @@ def committed_rows(master: str | os.PathLike) -> int:
 
 
 class SettingsMismatch(LocalizerError):
-    """A partial extraction into the same output was made with other settings."""
+    """A partial extraction into the same output was made with other settings (``diff``: which, in words)."""
+
+    diff: list[str] = []
 
 
 def settings_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

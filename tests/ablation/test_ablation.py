@@ -271,10 +271,29 @@ def test_agreement_matches_direct_computation(planted):
     assert doc["baseline"]["agreement_positive"] == 1.0 and doc["baseline"]["kl_control"] == 0.0
 
 
-def test_tensorboard_tags(planted, tmp_path):
+def read_events(run_dir):
+    """Every scalar (tag -> {step: value}), image tag, and plugin tag (hparams, custom scalars) of one run."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_ablation(
+    scalars, images, plugins = {}, set(), {}
+    for f in sorted(p for p in run_dir.iterdir() if p.name.startswith("events")):
+        acc = EventAccumulator(str(f), size_guidance={"scalars": 0, "images": 0, "tensors": 0}).Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+        images |= set(acc.Tags()["images"])
+        for plugin in ("hparams", "custom_scalars"):
+            try:
+                plugins.setdefault(plugin, set()).update(acc.PluginTagToContent(plugin))
+            except KeyError:  # not in this event file
+                pass
+    return scalars, images, plugins
+
+
+def test_tensorboard_tags(planted, tmp_path):
+    """The tags the README lists, read back from the event files, with the results document's values."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    doc = run_ablation(
         planted / "sel.h5",
         "classification",
         batch_size=64,
@@ -283,20 +302,108 @@ def test_tensorboard_tags(planted, tmp_path):
         loaded=_planted_loaded(),
         n_controls=2,
         sweep="12.5,25,50",
+        log_name="job",
     )
-    run_dir = next((tmp_path / "tb" / "ablate").iterdir())
-    files = [str(p) for p in run_dir.iterdir() if p.name.startswith("events")]
-    tags = {"scalars": set(), "images": set()}
-    for f in files:
-        acc = EventAccumulator(f, size_guidance={"scalars": 0, "images": 0}).Reload()
-        for k in tags:
-            tags[k] |= set(acc.Tags()[k])
-    for cond in ("baseline", "localized", "global_0", "layer_matched_1", "magnitude_matched_0"):
-        assert f"ablation/classification/accuracy/{cond}" in tags["scalars"]
-    for cond in ("localized", "global_1", "magnitude_matched_1"):
-        assert f"ablation/classification/accuracy/delta/{cond}" in tags["scalars"]
-    assert "ablation/classification/accuracy_class_1/delta/localized" in tags["scalars"]
-    assert {"ablation/classification/accuracy/deltas", "ablation/classification/accuracy/sweep"} <= tags["images"]
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["job"]  # runs named by job
+    scalars, images, plugins = read_events(tmp_path / "tb" / "job" / "ablate" / "classification")
+    kinds = ["global", "layer_matched", "magnitude_matched"]
+    for m in doc["metrics"]:
+        prefix = f"ablation/classification/{m}"
+        assert scalars[f"{prefix}/delta/localized"] == pytest.approx(
+            {0: doc["delta"]["localized"][m]} | {1: doc["delta"]["localized"][m]}
+        )
+        assert scalars[f"{prefix}/value/baseline"][1] == pytest.approx(doc["baseline"][m])
+        for k in kinds:  # one series per kind, x = the control set
+            assert scalars[f"{prefix}/delta/{k}"] == pytest.approx({i: d[m] for i, d in enumerate(doc["delta"][k])})
+            assert scalars[f"{prefix}/value/{k}"] == pytest.approx({i: c[m] for i, c in enumerate(doc["controls"][k])})
+        sweep = scalars[f"{prefix}/sweep/localized"]
+        assert sweep == pytest.approx(
+            {int(round(100 * float(p["top"]))): p["delta"]["localized"][m] for p in doc["sweep"]}
+        )
+        mean = np.mean([d[m] for d in doc["sweep"][2]["delta"]["layer_matched"]])
+        assert scalars[f"{prefix}/sweep/layer_matched"][5000] == pytest.approx(mean)
+    written = {t.split("/", 3)[3].split("/")[0] for t in scalars if t.startswith("ablation/")}
+    assert written == {"delta", "value", "sweep"} and "hp_metric" not in scalars  # no placeholder metric
+    assert {"ablation/classification/accuracy/deltas", "ablation/classification/accuracy/sweep"} <= images
+    assert "custom_scalars__config__" in plugins["custom_scalars"]
+    # HParams: the session's hyperparameters and its metrics (localized deltas and z per kind)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "tb" / "job" / "ablate" / "classification"
+    hp, metric_tags = {}, set()
+    for f in run_dir.iterdir():
+        if f.name.startswith("events"):
+            acc = EventAccumulator(str(f)).Reload()
+            try:
+                content = acc.PluginTagToContent("hparams")
+            except KeyError:
+                continue
+            for raw in content.values():
+                data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+                if data.HasField("session_start_info"):
+                    hp.update({k: v for k, v in data.session_start_info.hparams.items()})
+                if data.HasField("experiment"):
+                    metric_tags |= {mi.name.tag for mi in data.experiment.metric_infos}
+    assert hp["task"].string_value == "classification" and hp["job"].string_value == "job"
+    assert hp["n_selected"].number_value == doc["n_selected"] and hp["method"].string_value == "zero"
+    assert "hp/classification/accuracy/delta_localized" in metric_tags
+    # the planted model's controls change nothing: z is undefined (null in the JSON) and left out of HParams
+    assert all(doc["z"][k]["accuracy"] is None for k in kinds)
+    assert not any("/z_" in t for t in metric_tags)
+    assert "hp_metric" not in metric_tags
+    hp_scalars = (
+        scalars["hp/classification/accuracy/delta_localized"]
+        if "hp/classification/accuracy/delta_localized" in scalars
+        else None
+    )
+    assert hp_scalars is not None and list(hp_scalars.values())[0] == pytest.approx(
+        doc["delta"]["localized"]["accuracy"]
+    )
+
+
+def test_hparams_hold_z_against_each_control_kind(tmp_path):
+    """z of the localized delta against each kind's sets (by hand) is an HParams metric of the run."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from localizer.ablation.module import Condition
+    from localizer.ablation.summary import summarize
+    from localizer.report import log_ablation
+
+    results = {"baseline": {"accuracy": 0.9}, "localized": {"accuracy": 0.5}}
+    conditions = [Condition("baseline", "baseline", None), Condition("localized", "localized", {})]
+    values = {"global": [0.88, 0.85, 0.9], "layer_matched": [0.8, 0.86, 0.83]}
+    for k, vs in values.items():
+        for i, v in enumerate(vs):
+            results[f"{k}_{i}"] = {"accuracy": v}
+            conditions.append(Condition(f"{k}_{i}", k, {}))
+    doc = summarize(results, conditions, "classification", "zero", 3)
+    logger = TensorBoardLogger(str(tmp_path), name="job", version="ablate", default_hp_metric=False)
+    log_ablation(logger, doc, {"task": "classification"})
+    scalars, _, _ = read_events(tmp_path / "job" / "ablate")
+    for k, vs in values.items():
+        d = np.array(vs) - 0.9
+        assert scalars[f"hp/classification/accuracy/z_{k}"][0] == pytest.approx((-0.4 - d.mean()) / d.std(ddof=1))
+        assert scalars[f"ablation/classification/accuracy/delta/{k}"] == pytest.approx(dict(enumerate(d)))
+
+
+def test_readme_lists_the_tags_that_are_written(planted, tmp_path):
+    """Every tag pattern of the README's TensorBoard table matches a written tag, and every written tag a pattern."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("<!-- tensorboard-tags -->")[1].split("<!-- /tensorboard-tags -->")[0]
+    patterns = re.findall(r"^\| `([^`]+)`", section, flags=re.M)
+    assert len(patterns) >= 8
+    run_ablation(planted / "sel.h5", "classification", batch_size=64, log_dir=tmp_path / "tb", trainer=CPU,
+                 loaded=_planted_loaded(), n_controls=2, sweep="12.5,25", log_name="job")  # fmt: skip
+    scalars, images, _ = read_events(tmp_path / "tb" / "job" / "ablate" / "classification")
+    tags = set(scalars) | images
+    regexes = [re.compile(re.sub(r"<[^>]+>", "[^/]+", p.replace(".", r"\.")) + r"\Z") for p in patterns]
+    unlisted = sorted(t for t in tags if not any(r.match(t) for r in regexes))
+    assert not unlisted, unlisted
+    ablation_patterns = [p for p, r in zip(patterns, regexes) if p.startswith(("ablation/", "hp/"))]
+    assert all(any(r.match(t) for t in tags) for p, r in zip(patterns, regexes) if p in ablation_patterns)
 
 
 def test_sweep_reselects_from_stored_t(planted):
