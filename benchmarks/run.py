@@ -139,6 +139,38 @@ def bench_extraction(work: Path, args) -> dict:
     }
 
 
+def bench_packing(work: Path, args) -> dict:
+    """What packing a finished extraction into one self-contained file costs, as a share of the extraction:
+    extract with ``layout="virtual"`` (segments + virtual master), then :func:`localizer.files.pack.pack`."""
+    from localizer.files.pack import pack
+    from localizer.recording.extract import record as extract
+    from localizer.recording.models import load_model
+
+    n = args.extraction_n or (512 if args.quick else 2048)
+    loaded = load_model(str(gpt2_dir(work, 12, 768)), "text")
+    data = texts(n)
+    out = work / "pack.h5"
+    trainer = {"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False}
+    extracting, packing = [], []
+    for _ in range(args.repeats + 1):  # the first pair is a warm-up
+        t = time.perf_counter()
+        extract(loaded, data, out, layers="h.*", pooling="last", batch_size=32, overwrite=True, layout="virtual",
+                trainer=trainer)  # fmt: skip
+        extracting.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        pack(out)
+        packing.append(time.perf_counter() - t)
+    t_ex, t_pack = statistics.median(extracting[1:]), statistics.median(packing[1:])
+    size = out.stat().st_size / 2**20
+    return {
+        "name": f"packing into one file (GPT-2-small shape, N={n}, {size:.0f} MB) / extraction",
+        "ratio": t_pack / t_ex,
+        "target": "report",
+        "ok": None,
+        "detail": f"pack {t_pack:.2f} s vs extraction {t_ex:.2f} s (runs: {fmt(packing[1:])} / {fmt(extracting[1:])})",
+    }
+
+
 # --- 2. versus the llm-localization loop -------------------------------------------------------------------------
 
 
@@ -450,6 +482,7 @@ def fmt(ts) -> str:
 
 BENCHMARKS = {
     "extraction": bench_extraction,
+    "packing": bench_packing,
     "peer": bench_versus_peer,
     "memory": bench_memory,
     "select": bench_select,

@@ -54,3 +54,9 @@ def quiet(verbose: bool = False) -> None:
         root.addHandler(handler)
     for pattern in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
+    import sys
+
+    if "transformers" in sys.modules:  # imported before (a Python caller of main()): the environment came too late
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()

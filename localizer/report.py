@@ -208,11 +208,37 @@ def log_ablation(logger, doc: dict, hparams: dict, png_dir=None) -> None:
                     ex.add_figure(f"ablation/{task}/{m}/sweep", fig, 0)
                 plt.close(fig)
     if logger is not None:
-        metrics = {f"hp/{task}/{m}/delta_localized": v for m, v in doc["delta"]["localized"].items() if v is not None}
-        for k in kinds:
-            metrics.update({f"hp/{task}/{m}/z_{k}": z for m, z in doc["z"][k].items() if z is not None})
-        logger.log_hyperparams(hparams, metrics)
+        log_hparams(ex, hparams, doc, kinds)
         logger.finalize("success")
+
+
+# HParams columns, the same in every session (TensorBoard shows the columns of one session's experiment summary)
+HP_METRICS = ("accuracy", "cross_entropy", "agreement_positive", "agreement_control", "kl_positive", "kl_control")
+
+
+def log_hparams(ex, hparams: dict, doc: dict, kinds: list[str]) -> None:
+    """One HParams session: ``hparams`` as columns, and as metrics ``hp/<metric>/delta_localized`` and
+    ``hp/<metric>/z_<kind>`` for the task's metrics among :data:`HP_METRICS` (the task is a column). Every session
+    declares the same columns, so that the dashboard at the top-level logdir shows every task of every job."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    from localizer.files import CONTROL_KINDS
+
+    columns = {
+        f"hp/{m}/{what}": 0.0 for m in HP_METRICS for what in ("delta_localized", *(f"z_{k}" for k in CONTROL_KINDS))
+    }
+    experiment, start, end = hparams_summaries(hparams, columns)
+    writer = ex._get_file_writer()
+    for summary in (experiment, start, end):
+        writer.add_summary(summary)
+    for m in doc["metrics"]:
+        if m not in HP_METRICS:
+            continue
+        values = {"delta_localized": doc["delta"]["localized"][m], **{f"z_{k}": doc["z"][k][m] for k in kinds}}
+        for what, v in values.items():
+            if v is not None:
+                ex.add_scalar(f"hp/{m}/{what}", v, 0)
+    ex.flush()
 
 
 def _delta_figure(plt, doc: dict, stem: str, group: list[str], kinds: list[str]):

@@ -197,7 +197,7 @@ def test_jobs_own_their_folders(gpt2_dir, text_file, tmp_path, capsys, monkeypat
     assert not (folder / "activations.h5.shards").exists()
 
 
-def test_run_checks_every_step_before_any_work(gpt2_dir, text_file, tmp_path, capsys, monkeypatch):
+def test_run_checks_every_step_before_any_work(gpt2_dir, bert_dir, text_file, tmp_path, capsys, monkeypatch):
     """A bad select/ablate option or task is refused before the model loads and before output_dir exists, naming
     run's own option (--select.top, --ablate.method, --ablate.tasks)."""
     import pytest
@@ -219,6 +219,12 @@ def test_run_checks_every_step_before_any_work(gpt2_dir, text_file, tmp_path, ca
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (extra, err)
         assert not (tmp_path / "o").exists(), extra
+    # what the model cannot do is found before the extraction: a bare encoder has no token logits for next-token
+    encoder = ["run", "--model", bert_dir, "--stimuli", text_file, "--output_dir", "o", *CPU_FLAGS]
+    assert main([*encoder, "--ablate.tasks", '[{"task": "next-token", "data": null}]']) == 2
+    err = capsys.readouterr().err
+    assert "task next-token needs a model with a prediction head" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
     with pytest.raises(localizer.LocalizerError, match=r"selection options go in select=\{\.\.\.\}"):
         localizer.run(gpt2_dir, text_file, str(tmp_path / "o"), top="5%")
     with pytest.raises(localizer.LocalizerError, match=r"select\['top'\] must be in \(0, 100\]"):

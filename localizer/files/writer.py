@@ -250,6 +250,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
 
                 failpoint("before-pack", 0)
                 pack(self.out, held=True)  # every rank holds the folder's lock until this returns
+            else:  # the run is complete: no lock file is left behind (flock holders keep working on the inode)
+                (segment_dir(self.out) / "lock").unlink(missing_ok=True)
 
         try:
             on_rank_zero(trainer, finish)

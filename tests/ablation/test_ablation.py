@@ -346,23 +346,18 @@ def test_tensorboard_tags(planted, tmp_path):
                     metric_tags |= {mi.name.tag for mi in data.experiment.metric_infos}
     assert hp["task"].string_value == "classification" and hp["job"].string_value == "job"
     assert hp["n_selected"].number_value == doc["n_selected"] and hp["method"].string_value == "zero"
-    assert "hp/classification/accuracy/delta_localized" in metric_tags
-    # the planted model's controls change nothing: z is undefined (null in the JSON) and left out of HParams
+    # every session declares the same columns (the dashboard shows one experiment's), whatever its task
+    from localizer.report import HP_METRICS
+
+    assert metric_tags == {f"hp/{m}/{w}" for m in HP_METRICS for w in ("delta_localized", *(f"z_{k}" for k in kinds))}
+    assert scalars["hp/accuracy/delta_localized"] == pytest.approx({0: doc["delta"]["localized"]["accuracy"]})
+    # the planted model's controls change nothing: z is undefined (null in the JSON) and has no value
     assert all(doc["z"][k]["accuracy"] is None for k in kinds)
-    assert not any("/z_" in t for t in metric_tags)
-    assert "hp_metric" not in metric_tags
-    hp_scalars = (
-        scalars["hp/classification/accuracy/delta_localized"]
-        if "hp/classification/accuracy/delta_localized" in scalars
-        else None
-    )
-    assert hp_scalars is not None and list(hp_scalars.values())[0] == pytest.approx(
-        doc["delta"]["localized"]["accuracy"]
-    )
+    assert not any("/z_" in t for t in scalars) and "hp_metric" not in scalars
 
 
-def test_hparams_hold_z_against_each_control_kind(tmp_path):
-    """z of the localized delta against each kind's sets (by hand) is an HParams metric of the run."""
+def log_synthetic(folder):
+    """log_ablation of a results document computed from hand-made results (controls with spread, so z exists)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from localizer.ablation.module import Condition
@@ -377,12 +372,18 @@ def test_hparams_hold_z_against_each_control_kind(tmp_path):
             results[f"{k}_{i}"] = {"accuracy": v}
             conditions.append(Condition(f"{k}_{i}", k, {}))
     doc = summarize(results, conditions, "classification", "zero", 3)
-    logger = TensorBoardLogger(str(tmp_path), name="job", version="ablate", default_hp_metric=False)
+    logger = TensorBoardLogger(str(folder), name="job", version="ablate", default_hp_metric=False)
     log_ablation(logger, doc, {"task": "classification"})
-    scalars, _, _ = read_events(tmp_path / "job" / "ablate")
+    return values, folder / "job" / "ablate"
+
+
+def test_hparams_hold_z_against_each_control_kind(tmp_path):
+    """z of the localized delta against each kind's sets (by hand) is an HParams metric of the run."""
+    values, run_dir = log_synthetic(tmp_path)
+    scalars, _, _ = read_events(run_dir)
     for k, vs in values.items():
         d = np.array(vs) - 0.9
-        assert scalars[f"hp/classification/accuracy/z_{k}"][0] == pytest.approx((-0.4 - d.mean()) / d.std(ddof=1))
+        assert scalars[f"hp/accuracy/z_{k}"][0] == pytest.approx((-0.4 - d.mean()) / d.std(ddof=1))
         assert scalars[f"ablation/classification/accuracy/delta/{k}"] == pytest.approx(dict(enumerate(d)))
 
 
@@ -398,7 +399,8 @@ def test_readme_lists_the_tags_that_are_written(planted, tmp_path):
     run_ablation(planted / "sel.h5", "classification", batch_size=64, log_dir=tmp_path / "tb", trainer=CPU,
                  loaded=_planted_loaded(), n_controls=2, sweep="12.5,25", log_name="job")  # fmt: skip
     scalars, images, _ = read_events(tmp_path / "tb" / "job" / "ablate" / "classification")
-    tags = set(scalars) | images
+    more, _, _ = read_events(log_synthetic(tmp_path / "synthetic")[1])  # with z values
+    tags = set(scalars) | images | set(more)
     regexes = [re.compile(re.sub(r"<[^>]+>", "[^/]+", p.replace(".", r"\.")) + r"\Z") for p in patterns]
     unlisted = sorted(t for t in tags if not any(r.match(t) for r in regexes))
     assert not unlisted, unlisted
