@@ -224,9 +224,10 @@ def log_hparams(ex, hparams: dict, doc: dict, kinds: list[str]) -> None:
 
     from localizer.files import CONTROL_KINDS
 
-    columns = {
-        f"hp/{m}/{what}": 0.0 for m in HP_METRICS for what in ("delta_localized", *(f"z_{k}" for k in CONTROL_KINDS))
-    }
+    # this task's metrics first (TensorBoard shows the first five columns without a click): deltas, then z
+    ordered = [m for m in doc["metrics"] if m in HP_METRICS] + [m for m in HP_METRICS if m not in doc["metrics"]]
+    names = [f"hp/{m}/delta_localized" for m in ordered] + [f"hp/{m}/z_{k}" for m in ordered for k in CONTROL_KINDS]
+    columns = dict.fromkeys(names, 0.0)
     experiment, start, end = hparams_summaries(hparams, columns)
     writer = ex._get_file_writer()
     for summary in (experiment, start, end):
@@ -317,6 +318,13 @@ def print_ablation(doc: dict, file=None) -> None:
     out = file or sys.stdout
     print(f"{doc['task']}: {doc['method']} ablation of {doc['n_selected']} units", file=out)
     kinds = [k for k in doc["delta"] if k != "localized"]
+    if kinds:
+        print(
+            "  (delta = ablated - baseline; z = (localized delta - mean control delta) / sd of the control deltas, "
+            "so z < 0: the metric fell more than with random units; p = empirical, on |delta|: the share of "
+            "control sets, plus one, that changed it at least as much)",
+            file=out,
+        )
     for m in doc["metrics"]:
         print(
             f"  {m}: baseline {_num(doc['baseline'][m], '.4g')}, localized {_num(doc['localized'][m], '.4g')} "

@@ -90,3 +90,34 @@ def test_the_stimulus_builder_writes_only_when_asked_and_rebuilds_the_shipped_fi
     script("make_language_stimuli.py", "--write", "--out", tmp_path / "built", cwd=tmp_path)
     for name in ("language.jsonl", "minimal_pairs.jsonl"):
         assert (tmp_path / "built" / name).read_text() == read_text(name), name
+
+
+def test_dashboard_script_reads_back_what_hparams_shows(tmp_path):
+    """The dashboard script serves a log folder with TensorBoard and prints the HParams table as the dashboard gets
+    it: one row per ablation, with the task's localized deltas; without --out it writes nothing."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from localizer.ablation.module import Condition
+    from localizer.ablation.summary import summarize
+    from localizer.report import log_ablation
+
+    results = {"baseline": {"accuracy": 0.75}, "localized": {"accuracy": 0.25}}
+    conditions = [Condition("baseline", "baseline", None), Condition("localized", "localized", {})]
+    for i, v in enumerate([0.5, 0.625, 0.75]):
+        results[f"global_{i}"] = {"accuracy": v}
+        conditions.append(Condition(f"global_{i}", "global", {}))
+    doc = summarize(results, conditions, "classification", "zero", 4)
+    logger = TensorBoardLogger(str(tmp_path / "logs"), name="myjob", version="ablate/classification",
+                               default_hp_metric=False)  # fmt: skip
+    log_ablation(logger, doc, {"job": "myjob", "task": "classification", "method": "zero", "n_selected": 4,
+                               "model": "m"})  # fmt: skip
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = script("dashboard_screenshots.py", "--logdir", tmp_path / "logs", cwd=tmp_path)
+    assert "runs myjob/ablate/classification" in out and "HParams: 1 sessions" in out
+    assert "columns job, method, model, n_selected, task" in out
+    row = next(line for line in out.splitlines() if line.startswith("  myjob/ablate/classification"))
+    assert "'task': 'classification'" in row and '"hp/accuracy/delta_localized": -0.5' in row
+    d = np.array([0.5, 0.625, 0.75]) - 0.75
+    z = float(row.split('"hp/accuracy/z_global": ')[1].split(",")[0].rstrip("}"))
+    assert z == pytest.approx((-0.5 - d.mean()) / d.std(ddof=1), rel=1e-5)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written

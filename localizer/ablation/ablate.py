@@ -205,16 +205,12 @@ def run_ablation(
                     raise
             from localizer.report import log_ablation
 
-            hparams = {
+            hparams = {  # five columns: what TensorBoard shows without a click (the rest is in the JSON)
                 "job": log_name or "",
                 "task": task,
                 "method": method,
                 "n_selected": int(attrs["n_selected"]),
                 "model": str(attrs.get("model", "")),
-                "selection": str(selection),
-                "task_data": doc["provenance"]["task_data"],
-                "controls": ",".join(kinds),
-                "n_controls": n_controls or 0,
             }
             if runner.logger is not None or png_dir is not None:
                 log_ablation(runner.logger, doc, hparams, png_dir=png_dir)
