@@ -181,7 +181,8 @@ def test_jobs_own_their_folders(gpt2_dir, text_file, tmp_path, capsys, monkeypat
     assert state() == after
     assert main(["check", str(folder)]) == 0
     checked = capsys.readouterr().out
-    assert "activations.h5: OK" in checked and "results_agreement.json: OK" in checked and "run.json" in checked
+    assert "activations.h5: OK" in checked and "results_agreement.json: OK" in checked
+    assert f"run.json: OK (run record of job {folder.name}: " in checked and "finished 20" in checked
 
     # the activation file alone, copied anywhere, reads the same values with plain h5py
     alone = tmp_path / "copy" / "a.h5"

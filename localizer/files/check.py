@@ -383,6 +383,14 @@ def _check_results(path: Path) -> tuple[str, str, list[str]]:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return "unknown", "", [f"not a readable JSON file: {_short(e)}"]
+    if isinstance(doc, dict) and isinstance(doc.get("job"), dict) and "started" in doc:  # localizer run's run.json
+        job, finished = doc["job"], doc.get("finished")
+        state = f"finished {finished}" if finished else "not finished (killed or running)"
+        return (
+            "run",
+            f"run record of job {job.get('name', '?')}: {job.get('model')} on {job.get('stimuli')}, {state}",
+            [],
+        )
     if not isinstance(doc, dict) or "task" not in doc or "baseline" not in doc:
         return "json", "a JSON file, not an ablation results document", []
     problems = [f"key {key!r} is missing" for key in RESULT_KEYS if key not in doc]
