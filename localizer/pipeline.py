@@ -177,6 +177,8 @@ def run(
         with step_options("ablate"):
             check_task(loaded, spec["task"], task_rows[spec["task"]], extract_options.get("max_length"))
     out.mkdir(parents=True, exist_ok=True)
+    if previous is not None:  # results of tasks the job no longer has would read as this run's: remove them
+        _remove_dropped_tasks(out, previous, tasks, log_dir, name)
     write_job(out, {"job": job, "started": _now(), "finished": None})
     runs = [("trained", out, loaded)]
     if untrained:
@@ -221,6 +223,23 @@ def run(
     where = f"; TensorBoard: tensorboard --logdir {log_dir}" if log_dir is not None else ""
     print(f"wrote {out}/{where}")
     return summary
+
+
+def _remove_dropped_tasks(out: Path, previous: dict[str, Any], tasks: list[dict], log_dir, name: str) -> None:
+    """Delete what an earlier run of this job wrote for tasks that it no longer has (its results JSON, its figures and
+    its TensorBoard run) — files that this job created, listed in its run.json."""
+    from localizer.report import remove_run
+
+    earlier = previous.get("job", {}).get("ablate", {}).get("tasks") or []
+    old = {str(t["task"]) for t in earlier if isinstance(t, dict) and t.get("task")}
+    for task in sorted(old - {t["task"] for t in tasks}):
+        for folder in (out, out / "untrained"):
+            (folder / f"results_{task}.json").unlink(missing_ok=True)
+            for png in folder.glob(f"ablation_{task}_*.png"):
+                png.unlink()
+        for run_name in (name, f"{name}/untrained") if log_dir is not None else ():
+            remove_run(Path(log_dir) / run_name / "ablate" / task)
+        print(f"removed the results of task {task} from the earlier run of this job (it is no longer in its tasks)")
 
 
 def job_name(model: str, stimuli: str, config: str | None = None) -> str:

@@ -10,6 +10,13 @@ from typing import Any
 import numpy as np
 
 
+def remove_run(folder: Path) -> None:
+    """Delete a TensorBoard run folder that holds only TensorBoard's and Lightning's files (never anything else)."""
+    ours = ("events.out.tfevents.", "hparams.yaml")
+    if folder.is_dir() and all(p.is_file() and p.name.startswith(ours) for p in folder.iterdir()):
+        shutil.rmtree(folder)
+
+
 @contextmanager
 def tensorboard_run(log_dir, step: str, job: str | None = None):
     """A TensorBoardLogger for one step's run, or None when ``log_dir`` is None.
@@ -30,15 +37,8 @@ def tensorboard_run(log_dir, step: str, job: str | None = None):
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     folder = Path(logger.log_dir)
-    ours = ("events.out.tfevents.", "hparams.yaml")
-    first = getattr(rank_zero_only, "rank", 0) == 0
-    if (
-        job is not None
-        and first
-        and folder.is_dir()
-        and all(p.is_file() and p.name.startswith(ours) for p in folder.iterdir())
-    ):
-        shutil.rmtree(folder)  # the job's earlier run of this step (only TensorBoard's files are in it)
+    if job is not None and getattr(rank_zero_only, "rank", 0) == 0:
+        remove_run(folder)  # the job's earlier run of this step
     existed = folder.exists()
     try:
         yield logger

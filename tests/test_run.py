@@ -173,6 +173,15 @@ def test_jobs_own_their_folders(gpt2_dir, text_file, tmp_path, capsys, monkeypat
     assert mean_doc["method"] == "mean" and doc["method"] == "zero"
     assert mean_doc["baseline"] == doc["baseline"]  # the same model on the same rows
 
+    # the job without its ablation task: the task's earlier results are removed, not left to read as this run's
+    assert main([*first, "--ablate.tasks", "[]", "--overwrite"]) == 0
+    assert "removed the results of task agreement" in capsys.readouterr().out
+    assert not (folder / "results_agreement.json").exists() and not list(folder.glob("ablation_agreement_*.png"))
+    assert not (tmp_path / "lightning_logs" / folder.name / "ablate" / "agreement").exists()
+    assert main([*first, "--ablate.method", "mean", "--overwrite"]) == 0  # back as it was
+    capsys.readouterr()
+    after = state()
+
     assert main([*base, "--stimuli", str(tmp_path / "other.jsonl")]) == 0  # another job, another folder
     capsys.readouterr()
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == sorted(

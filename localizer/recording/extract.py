@@ -241,7 +241,7 @@ def record(
     provenance["weights"] = str(key["weights"])  # recorded: ablate checks that it loads the same model
     provenance["settings"] = json.dumps(key)  # compared when the same extraction is asked for again
     if finished:
-        return _finished(out, key, selection, selection_options, overwrite, log_dir, announce)
+        return _finished(out, key, selection, selection_options, overwrite, log_dir, announce, layout)
     mode = "fresh" if overwrite else "resume" if resume else "auto"
     if prior:
         check_partial(out, key)  # before any process starts; the writer checks again, race-free, on rank 0
@@ -285,7 +285,9 @@ def record(
     return out
 
 
-def _finished(out: Path, key: dict[str, Any], selection, options, overwrite: bool, log_dir, announce: bool) -> Path:
+def _finished(
+    out: Path, key: dict[str, Any], selection, options, overwrite: bool, log_dir, announce: bool, layout: str
+) -> Path:
     """``resume`` on a complete activation file: recorded with the same settings, there is nothing to record (the
     selection, when asked for, is computed from the file); with other settings it is refused, naming them."""
     from localizer.files.outputs import check_output
@@ -305,13 +307,19 @@ def _finished(out: Path, key: dict[str, Any], selection, options, overwrite: boo
         )
         error.diff = diff
         raise error
+    from localizer.distributed import say
+
+    if layout == "single" and os.environ.get("RANK", "0") == "0":
+        from localizer.files.pack import is_virtual, pack
+
+        if is_virtual(out):  # finished, but killed before it was packed into one file
+            pack(out)
+            say(f"{out}: packed into one file (the extraction had finished before it was stopped)")
     if selection is not None and os.environ.get("RANK", "0") == "0":
         from localizer.selection.select import select_file
 
         check_output(Path(selection), overwrite)
         select_file(out, selection, options, log_dir=log_dir)
-    from localizer.distributed import say
-
     if announce:
         say(f"{out} is complete; nothing to resume (it was recorded with these settings)")
     return out

@@ -72,3 +72,28 @@ def test_pack_refuses_missing_segments_and_existing_outputs(virtual, tmp_path, c
     assert (work / "v.h5").read_bytes() == before and not list(work.glob("*.tmp"))
     assert main(["pack", str(tmp_path / "nope.h5")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_killed_while_packing_then_resumed(gpt2_dir, tmp_path):
+    """SIGKILL after the master's rename, before packing: a complete virtual file; --resume packs it."""
+    import os
+    import subprocess
+    import sys
+
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(11, seed=2))
+    cmd = [sys.executable, "-m", "localizer", "extract", "--model", str(gpt2_dir), "--stimuli", str(stimuli),
+           "--out", str(tmp_path / "a.h5"), "--layers", "transformer.h.0", "--trainer.accelerator", "cpu"]  # fmt: skip
+    env = {**os.environ, "LOCALIZER_FAILPOINT": "before-pack"}
+    killed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert killed.returncode == -9
+    assert layers_virtual(tmp_path / "a.h5") == [True] and (tmp_path / "a.h5.shards").is_dir()
+    values = file_contents(tmp_path / "a.h5")
+    env.pop("LOCALIZER_FAILPOINT")
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "packed into one file" in resumed.stdout
+    assert layers_virtual(tmp_path / "a.h5") == [False] and not (tmp_path / "a.h5.shards").exists()
+    after = file_contents(tmp_path / "a.h5")
+    for name, value in values.items():
+        if name != "attrs":
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
