@@ -18,6 +18,7 @@ _NAMES = {
     "run": "localizer.pipeline",
     "check": "localizer.files.check",
     "pack": "localizer.files.pack",
+    "compare": "localizer.selection.compare",
     "Selection": "localizer.selection.result",
     "SelectionOptions": "localizer.selection.options",
     "ActivationRecorder": "localizer.recording.recorder",

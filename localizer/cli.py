@@ -28,6 +28,7 @@ commands:
   run       extract -> select -> ablate in one command (no arguments: the language localizer on gemma-3-270m)
   check     verify activation / selection files (format, shapes, index coverage, NaN/inf, segment files)
   pack      make an activation file of layout virtual one self-contained file
+  compare   overlap of selected networks: Dice, chance Dice, hypergeometric p (in total and per layer)
 
 Run `localizer COMMAND --help` for a command's options. Every command takes --verbose: also show Lightning's
 info lines, library progress bars and known library warnings (hidden by default)."""
@@ -131,6 +132,13 @@ def build_parser(command: str):
             ),
         )
         p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
+    elif command == "compare":
+        from localizer.selection.compare import compare
+
+        p = _new_parser(command, compare)
+        p.add_argument("files", type=str, nargs="+", help="two or more selection files (.h5)")
+        p.add_argument("--out", type=Optional[str], default=None, help="also write the result as JSON here")
+        p.add_argument("--overwrite", type=bool, default=False, help="replace an existing --out")
     elif command == "pack":
         from localizer.files.pack import pack
 
@@ -268,7 +276,7 @@ def explain(message: str) -> str:
     if missing:
         names = [n.strip() for n in missing.group(1).split(",")]
         if names == ["files"]:  # localizer check's positional argument
-            return "give at least one file to check"
+            return "give at least one file"
         return "missing required option" + ("s " if len(names) > 1 else " ") + ", ".join(f"--{n}" for n in names)
     unknown = re.match(r"Option '([^']+)' is not accepted", message)
     if unknown:
@@ -353,7 +361,24 @@ def _pack(cfg) -> int:
     return 0
 
 
-COMMANDS = {"extract": _extract, "select": _select, "ablate": _ablate, "run": _run, "check": _check, "pack": _pack}
+def _compare(cfg) -> int:
+    from localizer.selection.compare import compare, print_comparison
+
+    print_comparison(compare(cfg.files, cfg.out, overwrite=cfg.overwrite))
+    if cfg.out:
+        print(f"wrote {cfg.out}")
+    return 0
+
+
+COMMANDS = {
+    "extract": _extract,
+    "select": _select,
+    "ablate": _ablate,
+    "run": _run,
+    "check": _check,
+    "pack": _pack,
+    "compare": _compare,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
