@@ -46,7 +46,6 @@ RUN_SKIPS_ABLATE = {
     "task_data",
     "out",
     "overwrite",
-    "max_length",
     "log_dir",
     "trust_remote_code",
     "trainer",
@@ -106,7 +105,11 @@ def build_parser(command: str):
         from localizer.resources import read_text
         from localizer.selection.select import select
 
-        p = _new_parser(command, run, "a YAML file, or a shipped config by name: language (the default) | faces")
+        p = _new_parser(
+            command,
+            run,
+            "a YAML file, or a shipped config by name: language (the default) | faces | alkhamissi2024 | deeplocalizer",
+        )
         # run's **options (overwrite is run's own)
         forwarded = set(inspect.signature(record).parameters) - {"model", "stimuli", "log_dir", "overwrite"}
         p.add_function_arguments(run, skip={"select", "ablate", "trainer"} | forwarded, as_group=False)

@@ -24,7 +24,7 @@ from localizer.selection.options import PARAMETERS as SELECT_OPTIONS
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
 NOT_FROM_EXTRACT = {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}
 JOB_FILE = "run.json"
-ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "num_workers", "tasks")
+ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "max_length", "num_workers", "tasks")
 
 
 def run(
@@ -57,8 +57,9 @@ def run(
         seed: seed of the untrained copy's random initialization.
         log_dir: TensorBoard folder (null: no logs).
         select: options of the select step (the parameters of localizer select: top, abs, controls, ...).
-        ablate: options of the ablate step (method, controls, n_controls, sweep, batch_size, num_workers) and
-            tasks, a list of {task, data} (data null: the validation rows of the stimuli); no tasks: no ablation.
+        ablate: options of the ablate step (method, controls, n_controls, sweep, batch_size, max_length,
+            num_workers) and tasks, a list of {task, data} (data null: the validation rows of the stimuli); no tasks:
+            no ablation. The extraction's max_length does not truncate the task data.
         trainer: Lightning Trainer options (one process: devices auto means 1).
         extract_options: any other parameter of extract (layers, pooling, batch_size, max_length, ...).
 
@@ -175,7 +176,7 @@ def run(
     )
     for spec in tasks:  # what the model cannot do fails now, not after the extraction
         with step_options("ablate"):
-            check_task(loaded, spec["task"], task_rows[spec["task"]], extract_options.get("max_length"))
+            check_task(loaded, spec["task"], task_rows[spec["task"]], ablate.get("max_length"))
     out.mkdir(parents=True, exist_ok=True)
     if previous is not None:  # results of tasks the job no longer has would read as this run's: remove them
         _remove_dropped_tasks(out, previous, tasks, log_dir, name)
@@ -206,7 +207,6 @@ def run(
                     task_data=spec.get("data"),
                     loaded=lm,
                     out=folder / f"results_{spec['task']}.json",
-                    max_length=extract_options.get("max_length"),
                     log_dir=log_dir,
                     trainer=trainer,
                     png_dir=folder,

@@ -182,8 +182,13 @@ def sweep_conditions(
     stored = json.loads(selection.attrs["selection"])
     out = []
     for pct in percents:
-        opts = SelectionOptions(top=pct, alternative=stored.get("alternative", "greater"), seed=stored.get("seed", 0))
-        mask = select_units(stats["t"], stats["q"], selection.valid, layout, opts)
+        opts = SelectionOptions(
+            top=pct,
+            alternative=stored.get("alternative", "greater"),
+            statistic=stored.get("statistic", "welch"),
+            seed=stored.get("seed", 0),
+        )
+        mask = select_units(stats["t"], stats["q"], selection.valid, layout, opts, statistic=opts.ranking(stats))
         controls = draw_controls(mask, selection.valid, layout, stats["mean_abs_all"], n_controls, opts.seed + 1, kinds)
         tag = f"sweep{opts.top}"
         edits = unit_edits(layout.split(mask), method, means)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from localizer.errors import LocalizerError, at_least, opt
-from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOptions
+from localizer.selection.options import PARAMETERS_DOC, Alternative, Rows, SelectionOptions, Statistic
 from localizer.trainer import build_trainer, trainer_kwargs
 
 Pooling = Literal["last", "mean", "channel", "flat"]
@@ -28,6 +28,7 @@ def extract(
     transform: Optional[str] = None,
     padding_side: Literal["right", "left"] = "right",
     max_length: Optional[int] = None,
+    lowercase: bool = False,
     num_workers: int = 0,
     overwrite: bool = False,
     resume: bool = False,
@@ -39,6 +40,8 @@ def extract(
     log_dir: Optional[str] = "lightning_logs",
     abs: bool = False,
     alternative: Alternative = "greater",
+    statistic: Statistic = "welch",
+    rows: Rows = "localize",
     top: str = "1%",
     per_layer: bool = False,
     count: Optional[int] = None,
@@ -67,6 +70,7 @@ def extract(
             image processor).
         padding_side: pad texts on the right or the left (results do not depend on it).
         max_length: truncate texts to this many tokens, special tokens included.
+        lowercase: lower-case every text stimulus before tokenizing (as AlKhamissi et al.).
         num_workers: DataLoader worker processes.
         overwrite: replace an existing out (and discard a partial extraction into it).
         resume: continue a killed extraction (also done without this when the settings match); an error if there
@@ -97,6 +101,7 @@ def extract(
         transform=transform,
         padding_side=padding_side,
         max_length=max_length,
+        lowercase=lowercase,
         num_workers=num_workers,
         overwrite=overwrite,
         resume=resume,
@@ -127,6 +132,7 @@ def record(
     transform: str | Callable | None = None,
     padding_side: str = "right",
     max_length: int | None = None,
+    lowercase: bool = False,
     num_workers: int = 0,
     overwrite: bool = False,
     resume: bool = False,
@@ -193,6 +199,10 @@ def record(
     else:
         stimuli = validate_stimuli(stimuli)
     kind = modality(stimuli)
+    if lowercase:
+        if kind != "text":
+            raise LocalizerError(f"{opt('lowercase', True)} applies to text stimuli; these are images")
+        stimuli = stimuli.map(lambda t: {"text": t.lower()}, input_columns="text")
     loaded = (
         model
         if isinstance(model, LoadedModel)

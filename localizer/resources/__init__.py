@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
-CONFIGS = ("language", "faces")
+CONFIGS = ("language", "faces", "alkhamissi2024", "deeplocalizer")
 
 
 def read_text(name: str) -> str:

@@ -61,7 +61,7 @@ class SelectivityCallback(Callback):
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         x = torch.cat([outputs[layer] for layer in self.layout.layers], dim=1)
         group = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        if "split" in batch:
+        if "split" in batch and self.options.rows == "localize":
             group = torch.tensor(
                 [VALIDATION if s == "validation" else LOCALIZE for s in batch["split"]], device=x.device
             )

@@ -74,7 +74,7 @@ def finish_selection(
     s["q"] = fdr_bh(s["p"])
     valid = s["valid"]
     rng = np.random.default_rng(options.seed)
-    mask = select_units(s["t"], s["q"], valid, layout, options, rng)
+    mask = select_units(s["t"], s["q"], valid, layout, options, rng, options.ranking(s))
     controls = draw_controls(mask, valid, layout, s["mean_abs_all"], options.controls, options.seed + 1, options.kinds)
     validation_t = None
     if has_validation:
@@ -103,7 +103,8 @@ def finish_selection(
         for g in (0, 1):
             h = welch_statistics(halves, g, options.abs, options.alternative)
             h["q"] = fdr_bh(h["p"])
-            masks.append(select_units(h["t"], h["q"], h["valid"], layout, options, np.random.default_rng(options.seed)))
+            rng_h = np.random.default_rng(options.seed)
+            masks.append(select_units(h["t"], h["q"], h["valid"], layout, options, rng_h, options.ranking(h)))
         attrs["dice_split_half"] = dice(*masks)
         attrs["dice_chance"] = dice_chance(int(masks[0].sum()), int(masks[1].sum()), int(valid.sum()))
     return Selection(layout, s, valid, mask, controls, validation_t, attrs)

@@ -16,14 +16,22 @@ from localizer.errors import LocalizerError, opt
 from localizer.files import CONTROL_KINDS
 
 # the selection parameters of localizer.select (and of extract, and run's --select.*), in signature order
-PARAMETERS = ("abs", "alternative", "top", "per_layer", "count", "fdr", "range", "bottom", "controls", "seed",
-              "split_half")  # fmt: skip
+PARAMETERS = ("abs", "alternative", "statistic", "rows", "top", "per_layer", "count", "fdr", "range", "bottom",
+              "controls", "seed", "split_half")  # fmt: skip
 Alternative = Literal["greater", "two-sided"]
+Statistic = Literal["welch", "mean_diff", "cohens_d"]
+Rows = Literal["localize", "all"]
+STATISTICS = ("welch", "mean_diff", "cohens_d")
+ROWS = ("localize", "all")
 MAX_CONTROLS = 1000
 
 # The docstring of the selection parameters, shared by every function that takes them (and so by their --help).
 PARAMETERS_DOC = """abs: test |activation| (as AlKhamissi et al.) instead of the signed activation.
         alternative: greater (one-sided, positive > control) or two-sided (ranks units by |t|).
+        statistic: rank units by welch (Welch t), mean_diff (mean over positive - mean over control of the tested
+            values, as DeepLocalizer) or cohens_d; t, p and q are stored for every unit whichever ranks.
+        rows: the rows selected on: localize (the localize rows when the stimuli have a split; the validation rows
+            are held out) or all (every row, as AlKhamissi et al.; no held-out validation t).
         top: select the global top PCT percent of units by t, k = floor(PCT x units / 100) (e.g. 1% or 0.5).
         per_layer: with top, take the top PCT percent of every layer instead of globally.
         count: select K units instead of a percentage.
@@ -51,6 +59,9 @@ class SelectionOptions:
         range: ``(low, high)`` t percentiles of rule ``range``.
         abs: test |activation| instead of the signed activation.
         alternative: ``greater`` (positive > control) or ``two-sided`` (ranking then uses |t|).
+        statistic: what ranks the units: ``welch`` (t), ``mean_diff`` (mean positive - mean control of the tested
+            values) or ``cohens_d``.
+        rows: ``localize`` (hold the validation rows out) or ``all``.
         controls: random control sets per kind; seed: their random seed.
         split_half: also select on two random halves of the localize rows and report their Dice overlap.
     """
@@ -63,6 +74,8 @@ class SelectionOptions:
     range: tuple[float, float] | str | None = None
     abs: bool = False
     alternative: str = "greater"
+    statistic: str = "welch"
+    rows: str = "localize"
     controls: int = 10
     seed: int = 0
     split_half: bool = False
@@ -74,6 +87,10 @@ class SelectionOptions:
             raise LocalizerError(f"unknown selection rule {self.rule!r}; choose top, fdr, range or bottom")
         if self.alternative not in ("greater", "two-sided"):
             raise LocalizerError(f"{opt('alternative')} must be 'greater' or 'two-sided', got {self.alternative!r}")
+        if self.statistic not in STATISTICS:
+            raise LocalizerError(f"{opt('statistic')} must be one of {', '.join(STATISTICS)}, got {self.statistic!r}")
+        if self.rows not in ROWS:
+            raise LocalizerError(f"{opt('rows')} must be one of {', '.join(ROWS)}, got {self.rows!r}")
         if self.count is not None and self.count < 1:
             raise LocalizerError(f"{opt('count')} must be >= 1, got {self.count}")
         if self.rule == "fdr" and not (self.fdr is not None and 0 < self.fdr <= 1):
@@ -124,6 +141,12 @@ class SelectionOptions:
         if not isinstance(self.range, tuple):
             raise LocalizerError(f"rule 'range' needs {opt('range')} as LOW-HIGH percentiles, got {self.range!r}")
         return self.range
+
+    def ranking(self, stats: Mapping[str, Any]) -> Any:
+        """The flat ``[U]`` statistic that ranks units (before ``alternative``): t, the mean difference or d."""
+        if self.statistic == "mean_diff":
+            return stats["mean_positive"] - stats["mean_control"]
+        return stats["d"] if self.statistic == "cohens_d" else stats["t"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

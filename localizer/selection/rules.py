@@ -69,10 +69,16 @@ def select_units(
     layout: UnitLayout,
     options: SelectionOptions,
     rng: np.random.Generator | None = None,
+    statistic: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The flat bool mask ``[U]`` of selected units. Units with zero variance (``~valid``) are never selected."""
+    """The flat bool mask ``[U]`` of selected units. Units with zero variance (``~valid``) are never selected.
+
+    ``statistic`` ``[U]`` ranks the units (default ``t``; see :meth:`SelectionOptions.ranking`); ``alternative``
+    two-sided ranks by its absolute value, ``bottom`` takes its smallest absolute values; ``fdr`` uses q and t.
+    """
     U = layout.total
-    score = _ranking_score(t, options.alternative)
+    base = t if statistic is None else statistic
+    score = _ranking_score(base, options.alternative)
     mask = np.zeros(U, dtype=bool)
     k = options.count if options.count is not None else top_k_count(options.top, U)
     if options.rule == "top" and options.per_layer and options.count is None:
@@ -102,7 +108,7 @@ def select_units(
     if options.rule == "top":
         mask[_top(score, valid, k)] = True
     elif options.rule == "bottom":
-        mask[_top(-np.abs(t), valid, k)] = True
+        mask[_top(-np.abs(base), valid, k)] = True
     else:  # range: k random units whose t percentile lies in [low, high]
         rng = rng or np.random.default_rng(options.seed)
         idx = np.flatnonzero(valid)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from localizer.errors import LocalizerError, first_line, opt
-from localizer.selection.options import PARAMETERS_DOC, Alternative, SelectionOptions
+from localizer.selection.options import PARAMETERS_DOC, Alternative, Rows, SelectionOptions, Statistic
 from localizer.selection.result import Selection
 
 
@@ -21,6 +21,8 @@ def select(
     log_dir: Optional[str] = "lightning_logs",
     abs: bool = False,
     alternative: Alternative = "greater",
+    statistic: Statistic = "welch",
+    rows: Rows = "localize",
     top: str = "1%",
     per_layer: bool = False,
     count: int | None = None,
@@ -95,7 +97,7 @@ def select_file(
         n = int(meta["n_stimuli"])
         positive = torch.from_numpy(f["positive"][:])
         group = torch.zeros(n, dtype=torch.long)
-        if "split" in f:
+        if "split" in f and options.rows == "localize":  # rows "all": every row is selected on
             group = torch.from_numpy((f["split"].asstr()[:] == "validation").astype(np.int64))
         stats = UnitStatistics(layout.total, 2)
         halves = UnitStatistics(layout.total, 2) if options.split_half else None

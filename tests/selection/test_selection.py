@@ -215,3 +215,30 @@ def test_tensorboard_histograms_and_figure(tmp_path):
     assert {f"selectivity/t/{name}" for name in layers} <= set(tags["histograms"])
     assert "selectivity/fraction_selected" in tags["images"]
     assert {f"selectivity/fraction_selected/{name}" for name in layers} <= set(tags["scalars"])
+
+
+@pytest.mark.parametrize("statistic", ["mean_diff", "cohens_d"])
+@pytest.mark.parametrize("alternative", ["greater", "two-sided"])
+def test_ranking_statistics_and_rows(tmp_path, statistic, alternative):
+    """--statistic ranks by the mean difference or Cohen's d (computed here by hand); --rows all selects on every row
+    (the validation rows included), while t, p and q are stored whichever statistic ranks."""
+    layers, positive = synthetic(seed=7, planted=(5, 80))
+    split = np.where(np.arange(len(positive)) % 4 == 1, "validation", "localize")
+    acts = write_activation_file(tmp_path / "a.h5", layers, positive, split=split)
+    x = np.concatenate(list(layers.values()), axis=1).astype(np.float32).astype(np.float64)  # as stored
+    for rows, use in (("localize", split == "localize"), ("all", np.ones(len(split), dtype=bool))):
+        out = tmp_path / f"{rows}.h5"
+        opts = SelectionOptions(count=7, statistic=statistic, alternative=alternative, rows=rows)
+        result = select_file(acts, out, opts, log_dir=None)
+        p, c = x[use & positive], x[use & ~positive]
+        diff = p.mean(0) - c.mean(0)
+        pooled = np.sqrt(((len(p) - 1) * p.var(0, ddof=1) + (len(c) - 1) * c.var(0, ddof=1)) / (len(p) + len(c) - 2))
+        score = diff if statistic == "mean_diff" else np.divide(diff, pooled, out=np.zeros_like(diff), where=pooled > 0)
+        score = np.abs(score) if alternative == "two-sided" else score
+        score[pooled == 0] = -np.inf  # constant units are never selected
+        want = np.zeros(len(score), dtype=bool)
+        want[np.argsort(-score, kind="stable")[:7]] = True
+        assert (result.mask == want).all(), (rows, statistic, alternative)
+        t = stats.ttest_ind(p[:, pooled > 0], c[:, pooled > 0], equal_var=False).statistic
+        np.testing.assert_allclose(result.stats["t"][pooled > 0], t, rtol=1e-6)
+        assert (result.validation_t is None) == (rows == "all")
