@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,6 +120,14 @@ def print_selection(result, file=None) -> None:
             f"(all units {np.nanmean(result.validation_t[result.valid]):.3f})",
             file=out,
         )
+    if "n_tokens_t" in a:
+        print(
+            f"token length: positive {a['n_tokens_positive']:.1f} vs control {a['n_tokens_control']:.1f} tokens "
+            f"(Welch t = {a['n_tokens_t']:.1f})",
+            file=out,
+        )
+    for text in json.loads(str(a.get("warnings", "[]"))):
+        print(f"warning: {text}", file=out)
     if "dice_split_half" in a:
         print(f"split-half Dice {a['dice_split_half']:.3f} (chance {a['dice_chance']:.3f})", file=out)
     for kind, sets in result.controls.items():

@@ -7,7 +7,8 @@ File format (version 1), the contract every later command reads:
   NaN).
 - ``/positive``: bool ``[N]``; ``/index``: int64 ``[N]`` equal to ``0..N-1``; ``/split``: utf-8 strings ``[N]``
   when the stimuli have a split column; ``/stimulus``: utf-8 strings ``[N]``, what row ``i`` was shown (the text;
-  for images the file path, or ``<source>#<row>`` for images without one).
+  for images the file path, or ``<source>#<row>`` for images without one); ``/n_tokens``: int64 ``[N]`` for text
+  stimuli, the number of tokens the model was given (special tokens included, after truncation).
 - A finished extraction is *packed* by default (:mod:`localizer.files.pack`): the activations are real datasets in
   the one file and the segments are gone. With ``layout: virtual`` they stay virtual datasets over the segments.
 - root attributes: ``format_version`` (1), ``model``, ``model_class``, ``pooling``, ``layers`` (JSON list, recording
@@ -170,7 +171,11 @@ def write_master(
             for name, values in (columns or {}).items():
                 if len(values) != n_stimuli:
                     raise LocalizerError(f"{out}: column {name!r} has {len(values)} values for {n_stimuli} stimuli")
-                f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=STRING)
+                array = np.asarray(values)
+                if array.dtype.kind in "iu":
+                    f.create_dataset(name, data=array.astype(np.int64))
+                else:
+                    f.create_dataset(name, data=np.asarray(list(values), dtype=object), dtype=STRING)
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["model"] = str(metadata.get("model", ""))
             f.attrs["model_class"] = str(metadata.get("model_class", ""))

@@ -54,6 +54,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         layout: ``"single"`` pack the finished file into one self-contained file and delete the segments
             (:mod:`localizer.files.pack`); ``"virtual"`` keep the master's virtual datasets over the segments.
         stimulus: what each of the N rows shows (text, image path or id), stored as ``/stimulus``.
+        columns: more per-row datasets ``{name: [N] values}`` (e.g. ``n_tokens``).
 
     The batch must carry ``index`` ``[B]`` and ``positive`` ``[B]`` (and ``split`` when present), as
     :class:`localizer.recording.datamodule.LocalizerDataModule` makes them; the prediction is
@@ -75,6 +76,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         nan_policy: str = "error",
         layout: str = "single",
         stimulus: list[str] | None = None,
+        columns: dict[str, Any] | None = None,
     ):
         super().__init__(write_interval="batch")
         if layout not in LAYOUTS:
@@ -92,7 +94,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self.mode = mode
         self.segment_bytes, self.segment_seconds = segment_mb * 2**20, segment_minutes * 60
         self.nan_policy = nan_policy
-        self.layout, self.stimulus = layout, stimulus
+        self.layout = layout
+        self.columns = {**({} if stimulus is None else {"stimulus": stimulus}), **(columns or {})}
         self._segment: SegmentWriter | None = None
         self._seq = self._attempt = 0
         self._done: np.ndarray | None = None
@@ -243,7 +246,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 self._n_stimuli(trainer),
                 self._metadata(pl_module),
                 before_rename=lambda: failpoint("before-master", 0),
-                columns=None if self.stimulus is None else {"stimulus": self.stimulus},
+                columns=self.columns,
             )
             if self.layout == "single":
                 from localizer.files.pack import pack

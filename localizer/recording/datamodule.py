@@ -101,6 +101,12 @@ def fit_texts(texts: list[str], tokenizer: Any, max_length: int | None, limit: i
     return max_length
 
 
+def token_lengths(texts: list[str], tokenizer: Any, max_length: int | None) -> list[int]:
+    """``[N]`` tokens per text as the model gets them: special tokens included, truncated to ``max_length``."""
+    encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
 class Collate:
     """Turn a list of stimulus rows into one batch (see the module docstring)."""
 

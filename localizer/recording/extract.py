@@ -156,7 +156,7 @@ def record(
     from localizer.files.outputs import check_log_dir, check_output, check_outputs, input_files, source_name
     from localizer.files.resume import check_partial, check_segment_folder, committed_rows
     from localizer.files.writer import LAYOUTS, NAN_POLICIES, HDF5ActivationWriter
-    from localizer.recording.datamodule import LocalizerDataModule, fit_texts
+    from localizer.recording.datamodule import LocalizerDataModule, fit_texts, token_lengths
     from localizer.recording.models import LoadedModel, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, stimulus_labels, validate_stimuli
@@ -219,8 +219,10 @@ def record(
         loaded.model, layers, pooling, modality=kind, model_name=loaded.name, model_class=loaded.model_class
     )
     collate_length = max_length
+    columns = {}
     if kind == "text" and loaded.processor is not None:
         collate_length = fit_texts(stimuli["text"], loaded.processor, max_length, loaded.max_positions, "stimulus")
+        columns["n_tokens"] = token_lengths(stimuli["text"], loaded.processor, collate_length)
     data = LocalizerDataModule(
         stimuli,
         loaded.processor,
@@ -265,6 +267,7 @@ def record(
         nan_policy=nan_policy,
         layout=layout,
         stimulus=stimulus_labels(stimuli, provenance.get("stimuli")),
+        columns=columns,
     )
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]
     if prior:

@@ -6,6 +6,7 @@ later from the activation file.
 
 from __future__ import annotations
 
+import json
 import warnings
 from typing import Any
 
@@ -61,6 +62,51 @@ def welch_statistics(moments: dict[str, Moments], group: int, use_abs: bool, alt
     }
 
 
+FEW_STIMULI = 20  # per class: below this, t and the selection vary a lot with the sample
+LENGTH_T, LENGTH_RATIO = 3.0, 0.10  # a length confound: |Welch t| of token counts > 3 and means > 10% apart
+
+
+def guardrails(
+    n_positive: int, n_control: int, lengths: tuple[np.ndarray, np.ndarray] | None, pooling: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Checks of the localizer's design, as selection-file attributes and warnings in words.
+
+    - fewer than :data:`FEW_STIMULI` stimuli in a class;
+    - text stimuli whose classes differ in token count (``lengths``: positive and control counts of the rows selected
+      on): ``|Welch t| > LENGTH_T`` and means more than ``LENGTH_RATIO`` apart, with ``last`` or ``mean`` pooling,
+      where position or length alone can separate the classes.
+    """
+    attrs: dict[str, Any] = {}
+    found = []
+    if min(n_positive, n_control) < FEW_STIMULI:
+        found.append(
+            f"only {n_positive} positive and {n_control} control stimuli are selected on (fewer than {FEW_STIMULI} "
+            f"in a class): t is noisy and the selected units change with the sample; use more stimuli and check "
+            f"--split_half"
+        )
+    if lengths is not None and len(lengths[0]) > 1 and len(lengths[1]) > 1:
+        from scipy.stats import ttest_ind
+
+        pos, ctl = (np.asarray(x, dtype=np.float64) for x in lengths)
+        mp, mc = float(pos.mean()), float(ctl.mean())
+        if pos.std() + ctl.std() > 0:
+            t = float(ttest_ind(pos, ctl, equal_var=False).statistic)
+        else:  # every text of a class has the same length: a perfect confound when the classes differ
+            t = float(np.sign(mp - mc) * np.inf) if mp != mc else 0.0
+        attrs.update(n_tokens_positive=mp, n_tokens_control=mc, n_tokens_t=t)
+        if pooling in ("last", "mean") and abs(t) > LENGTH_T and abs(mp - mc) > LENGTH_RATIO * max(mp, mc):
+            found.append(
+                f"positive stimuli average {mp:.1f} tokens and control stimuli {mc:.1f} (Welch t = {t:.1f}): with "
+                f"{pooling} pooling, position or length alone can separate the classes; use stimuli matched in "
+                f"token length"
+            )
+    if found:
+        for text in found:
+            warnings.warn(text, stacklevel=3)
+    attrs["warnings"] = json.dumps(found)
+    return attrs, found
+
+
 def finish_selection(
     layout: UnitLayout,
     moments: dict[str, Moments],
@@ -98,6 +144,10 @@ def finish_selection(
     }
     if meta.get("settings"):  # what the activations were recorded with: a run reuses a selection only from them
         attrs["activations_settings"] = str(meta["settings"])
+    checks, _ = guardrails(
+        int(s["n_positive"]), int(s["n_control"]), meta.get("token_lengths"), str(meta.get("pooling", ""))
+    )
+    attrs.update(checks)
     if halves is not None:
         masks = []
         for g in (0, 1):

@@ -99,6 +99,10 @@ def select_file(
         group = torch.zeros(n, dtype=torch.long)
         if "split" in f and options.rows == "localize":  # rows "all": every row is selected on
             group = torch.from_numpy((f["split"].asstr()[:] == "validation").astype(np.int64))
+        lengths = None
+        if "n_tokens" in f:  # text stimuli: the token counts of the rows selected on, per class
+            n_tokens, on = f["n_tokens"][:], group.numpy() == LOCALIZE
+            lengths = (n_tokens[on & positive.numpy()], n_tokens[on & ~positive.numpy()])
         stats = UnitStatistics(layout.total, 2)
         halves = UnitStatistics(layout.total, 2) if options.split_half else None
         half_of = torch.from_numpy(half_assignment(n, options.seed))
@@ -128,7 +132,7 @@ def select_file(
         halves.compute() if halves is not None else None,
         options,
         bool(moments["signed"].n[VALIDATION].sum() > 0),
-        {**meta, "source": str(Path(activations).resolve())},
+        {**meta, "source": str(Path(activations).resolve()), "token_lengths": lengths},
     )
     result.write(out)
     from localizer.report import log_selectivity, tensorboard_run
