@@ -13,7 +13,6 @@ from __future__ import annotations
 import inspect
 import io
 import json
-import os
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
@@ -280,11 +279,9 @@ def read_job(out: Path) -> dict[str, Any] | None:
 
 def write_job(out: Path, record: dict[str, Any]) -> None:
     import localizer
+    from localizer.files.outputs import write_json
 
-    path = Path(out) / JOB_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"localizer": localizer.__version__, **record}, indent=2, default=str))
-    os.replace(tmp, path)
+    write_json(Path(out) / JOB_FILE, {"localizer": localizer.__version__, **record})
 
 
 def _now() -> str:
@@ -359,7 +356,13 @@ def _untrained_copy(loaded, seed: int):
                 m.reset_parameters()
         fresh.eval()
     return LoadedModel(
-        fresh, loaded.name + " (untrained)", loaded.model_class, loaded.processor, loaded.transform, loaded.is_hf
+        fresh,
+        loaded.name + " (untrained)",
+        loaded.model_class,
+        loaded.processor,
+        loaded.transform,
+        loaded.is_hf,
+        max_positions=loaded.max_positions,  # the same architecture takes as many tokens
     )
 
 

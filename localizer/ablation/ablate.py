@@ -195,14 +195,9 @@ def run_ablation(
 
         def write() -> None:  # rank 0 writes for all; a failure there reaches every rank
             if out is not None:
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(str(out) + ".tmp")
-                try:
-                    tmp.write_text(json.dumps(doc, indent=2))
-                    os.replace(tmp, out)
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
+                from localizer.files.outputs import write_json
+
+                write_json(out, doc)
             from localizer.report import log_ablation
 
             hparams = {  # five columns: what TensorBoard shows without a click (the rest is in the JSON)
@@ -229,8 +224,18 @@ def check_task(loaded, task: str, data, max_length: int | None) -> None:
     from localizer.recording.models import ModelCaller
 
     kind = "text" if ("text" in data.column_names or task == "minimal-pairs") else "image"
-    the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
-    rows = IndexedRows(data.select(range(min(2, len(data)))), the_task.columns)
+    first = data.select(range(min(2, len(data))))
+    if kind == "text" and loaded.processor is not None:  # truncated as the ablation will (its warning comes then)
+        import warnings
+
+        from localizer.recording.datamodule import fit_texts
+
+        texts = list(first["good"]) + list(first["bad"]) if task == "minimal-pairs" else list(first["text"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            max_length = fit_texts(texts, loaded.processor, max_length, loaded.max_positions, "task data")
+    the_task = make_task(task, first, loaded.processor, loaded.transform, max_length)
+    rows = IndexedRows(first, the_task.columns)
     batch = the_task.collate([rows[i] for i in range(len(rows))])
     with torch.no_grad():
         the_task.output(ModelCaller(loaded.model.eval(), kind), batch)

@@ -98,3 +98,19 @@ def check_log_dir(log_dir: str | os.PathLike | None) -> None:
         raise LocalizerError(f"{opt('log_dir')} {log_dir}: {existing} is a file, not a folder")
     if existing is not None and not os.access(existing, os.W_OK):
         raise LocalizerError(f"{opt('log_dir')} {log_dir}: {existing} is not writable")
+
+
+def write_json(path: str | os.PathLike, document: object) -> Path:
+    """Write a JSON document under a temporary name, then rename it: a file that exists is complete."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(document, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

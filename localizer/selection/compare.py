@@ -8,8 +8,6 @@ that two random sets of those sizes overlap at least that much. Every number is 
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -92,13 +90,9 @@ def compare(files: list[str], out: Optional[str] = None, overwrite: bool = False
     result: dict[str, Any] = {"files": [str(Path(f).resolve()) for f in files], **_matrices(masks)}
     result["per_layer"] = {layer: _matrices([first.split(m)[layer] for m in masks]) for layer in first.layers}
     if out is not None:
-        tmp = Path(str(out) + ".tmp")
-        try:
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        from localizer.files.outputs import write_json
+
+        write_json(out, result)
     return result
 
 
