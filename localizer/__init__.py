@@ -19,6 +19,7 @@ _NAMES = {
     "check": "localizer.files.check",
     "pack": "localizer.files.pack",
     "compare": "localizer.selection.compare",
+    "dissociate": "localizer.ablation.dissociate",
     "Selection": "localizer.selection.result",
     "SelectionOptions": "localizer.selection.options",
     "ActivationRecorder": "localizer.recording.recorder",

@@ -29,6 +29,7 @@ commands:
   check     verify activation / selection files (format, shapes, index coverage, NaN/inf, segment files)
   pack      make an activation file of layout virtual one self-contained file
   compare   overlap of selected networks: Dice, chance Dice, hypergeometric p (in total and per layer)
+  dissociate  localize language / tom / arithmetic networks and ablate each on every network's task
 
 Run `localizer COMMAND --help` for a command's options. Every command takes --verbose: also show Lightning's
 info lines, library progress bars and known library warnings (hidden by default)."""
@@ -135,6 +136,16 @@ def build_parser(command: str):
             ),
         )
         p.add_argument("files", type=str, nargs="+", help="activation or selection files (.h5)")
+    elif command == "dissociate":
+        from localizer.ablation.ablate import ablate
+        from localizer.ablation.dissociate import dissociate
+        from localizer.selection.select import select
+
+        p = _new_parser(command, dissociate)
+        p.add_function_arguments(dissociate, skip={"select", "ablate", "trainer"}, as_group=False)
+        p.add_function_arguments(select, "select", skip=RUN_SKIPS_SELECT)
+        p.add_function_arguments(ablate, "ablate", skip=(RUN_SKIPS_ABLATE - {"max_length"}) | {"sweep"})
+        _add_trainer(p)
     elif command == "compare":
         from localizer.selection.compare import compare
 
@@ -364,6 +375,16 @@ def _pack(cfg) -> int:
     return 0
 
 
+def _dissociate(cfg) -> int:
+    from localizer.ablation.dissociate import dissociate, print_dissociation
+
+    kwargs = _arguments(cfg)
+    doc = dissociate(**kwargs)
+    print_dissociation(doc)
+    print(f"wrote {kwargs['out']}/dissociation.json and dissociation.png")
+    return 0
+
+
 def _compare(cfg) -> int:
     from localizer.selection.compare import compare, print_comparison
 
@@ -381,6 +402,7 @@ COMMANDS = {
     "check": _check,
     "pack": _pack,
     "compare": _compare,
+    "dissociate": _dissociate,
 }
 
 

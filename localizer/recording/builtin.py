@@ -12,6 +12,9 @@ name                         contents
 ``faces-hub``                CelebA (``tpremoli/CelebA-attrs``) vs COCO (``phiyodr/coco2017``), needs internet
 ``tom``                      false-belief vs false-photograph stories (theory of mind), templates, seeded
 ``arithmetic``               hard (two-digit x two-digit) vs easy (one-digit +) arithmetic prompts, seeded
+``tom-forced-choice``        48 held-out false-belief stories, each completed with the location the character
+                             believes (good) and the true one (bad): task data for ``minimal-pairs``
+``arithmetic-forced-choice`` 60 held-out two-digit additions completed with the right and a wrong sum (off by 1-9)
 ===========================  ==================================================================================
 """
 
@@ -53,23 +56,30 @@ def language_minimal_pairs():
     return _jsonl("minimal_pairs.jsonl")
 
 
+NAMES_TOM = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Iris", "Jack", "Lena", "Max"]
+OBJECTS_TOM = ["chocolate", "ball", "book", "key", "letter", "ring", "hat", "phone", "apple", "coin"]
+PLACES_TOM = ["basket", "drawer", "box", "cupboard", "bag", "closet", "desk", "fridge", "shelf", "car"]
+
+
+def _false_belief(a: str, b: str, obj: str, p1: str, p2: str) -> str:
+    return (
+        f"{a} puts the {obj} in the {p1} and leaves the room. While {a} is outside, {b} moves the {obj} "
+        f"to the {p2}. When {a} comes back, {a} thinks that the {obj} is in the"
+    )
+
+
 def tom(seed: int = 0, n: int = 48):
     """False-belief stories (positive) vs false-photograph stories (control), matched in structure and length."""
     import datasets
 
     rng = random.Random(seed)
-    names = ["Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Henry", "Iris", "Jack", "Lena", "Max"]
-    objects = ["chocolate", "ball", "book", "key", "letter", "ring", "hat", "phone", "apple", "coin"]
-    places = ["basket", "drawer", "box", "cupboard", "bag", "closet", "desk", "fridge", "shelf", "car"]
+    names, objects, places = NAMES_TOM, OBJECTS_TOM, PLACES_TOM
     rows = []
     for _ in range(n):
         a, b = rng.sample(names, 2)
         obj = rng.choice(objects)
         p1, p2 = rng.sample(places, 2)
-        belief = (
-            f"{a} puts the {obj} in the {p1} and leaves the room. While {a} is outside, {b} moves the {obj} "
-            f"to the {p2}. When {a} comes back, {a} thinks that the {obj} is in the"
-        )
+        belief = _false_belief(a, b, obj, p1, p2)
         photo = (
             f"{a} takes a photograph of the {obj} in the {p1} and leaves the room. Later, {b} moves the {obj} "
             f"to the {p2}. In the photograph, the {obj} is shown lying in the"
@@ -98,6 +108,40 @@ def arithmetic(seed: int = 0, n: int = 80):
     split = _split(n, 0.25, seed)
     for i, r in enumerate(rows):
         r["split"] = split[i // 2]
+    return datasets.Dataset.from_list(rows)
+
+
+def tom_forced_choice(seed: int = 1, n: int = 48):
+    """False-belief stories not among the ``tom`` localizer's, each completed with the believed location (good) and
+    the true one (bad): a theory-of-mind task for ``minimal-pairs``."""
+    import datasets
+
+    seen = set(tom()["text"])
+    rng = random.Random(seed)
+    rows: list[dict[str, str]] = []
+    while len(rows) < n:
+        a, b = rng.sample(NAMES_TOM, 2)
+        obj = rng.choice(OBJECTS_TOM)
+        p1, p2 = rng.sample(PLACES_TOM, 2)
+        story = _false_belief(a, b, obj, p1, p2)
+        if story in seen:
+            continue
+        seen.add(story)
+        rows.append({"good": f"{story} {p1}.", "bad": f"{story} {p2}."})
+    return datasets.Dataset.from_list(rows)
+
+
+def arithmetic_forced_choice(seed: int = 1, n: int = 60):
+    """Two-digit additions (a prompt format unlike the ``arithmetic`` localizer's) completed with the right sum (good)
+    and a wrong one, off by 1 to 9 (bad): an arithmetic task for ``minimal-pairs``."""
+    import datasets
+
+    rng = random.Random(seed)
+    pairs = rng.sample([(a, b) for a in range(10, 50) for b in range(10, 50)], n)
+    rows = []
+    for a, b in pairs:
+        wrong = a + b + rng.choice([-1, 1]) * rng.randint(1, 9)
+        rows.append({"good": f"{a} + {b} = {a + b}", "bad": f"{a} + {b} = {wrong}"})
     return datasets.Dataset.from_list(rows)
 
 
@@ -179,6 +223,8 @@ BUILTIN = {
     "faces": faces,
     "tom": tom,
     "arithmetic": arithmetic,
+    "tom-forced-choice": tom_forced_choice,
+    "arithmetic-forced-choice": arithmetic_forced_choice,
 }
 
 # built-in sets read from two hub datasets (positive, control; needs internet), then finished by a function
