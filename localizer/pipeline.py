@@ -22,7 +22,6 @@ from localizer.selection.options import PARAMETERS as SELECT_OPTIONS
 
 # run's own choices for the steps it chains (everything else: the steps' parameters, see run's docstring)
 NOT_FROM_EXTRACT = {"model", "stimuli", "out", "selection", "log_dir", "trainer", "overwrite", "resume"}
-JOB_FILE = "run.json"
 ABLATE_OPTIONS = ("method", "controls", "n_controls", "sweep", "batch_size", "max_length", "num_workers", "tasks")
 
 
@@ -69,6 +68,16 @@ def run(
     from localizer.ablation.masking import parse_method
     from localizer.ablation.tasks import TASKS, load_task_data, validate_task_data
     from localizer.files.outputs import check_log_dir, check_outputs, input_files, source_name
+    from localizer.jobs import (
+        clean_name,
+        finished_results,
+        job_name,
+        now,
+        read_job,
+        remove_dropped_tasks,
+        settings_diff,
+        write_job,
+    )
     from localizer.recording.extract import extract
     from localizer.recording.models import load_model
     from localizer.recording.stimuli import load_stimuli, modality
@@ -117,7 +126,7 @@ def run(
         else:
             rows = data.filter(lambda s: s == "validation", input_columns="split")
             task_rows[spec["task"]] = validate_task_data(rows, spec["task"], name=f"validation rows of {stimuli}")
-    name = _clean_name(name) if name else job_name(model, stimuli)
+    name = clean_name(name) if name else job_name(model, stimuli)
     out = Path(output_dir) if output_dir else Path("outputs") / name
     folders = [out, out / "untrained"] if untrained else [out]
     written = [f / n for f in folders for n in ("activations.h5", "selection.h5", "summary.txt")]
@@ -143,13 +152,13 @@ def run(
     }
     previous = read_job(out)
     if previous is not None and previous.get("finished"):
-        diff = _diff(previous.get("job", {}), job)
+        diff = settings_diff(previous.get("job", {}), job)
         if not diff and not overwrite:
             print(
                 f"{out} already holds this run, finished {previous['finished']}; nothing to do "
                 f"(pass {opt('overwrite', True)} to run it again)"
             )
-            return _finished_results(out, folders, tasks, previous)
+            return finished_results(out, folders, tasks, previous)
         if diff and not overwrite:
             raise LocalizerError(
                 f"{out} holds a finished run with other settings ({'; '.join(diff[:4])}"
@@ -178,8 +187,8 @@ def run(
             check_task(loaded, spec["task"], task_rows[spec["task"]], ablate.get("max_length"))
     out.mkdir(parents=True, exist_ok=True)
     if previous is not None:  # results of tasks the job no longer has would read as this run's: remove them
-        _remove_dropped_tasks(out, previous, tasks, log_dir, name)
-    write_job(out, {"job": job, "started": _now(), "finished": None})
+        remove_dropped_tasks(out, previous, tasks, log_dir, name)
+    write_job(out, {"job": job, "started": now(), "finished": None})
     runs = [("trained", out, loaded)]
     if untrained:
         runs.append(("untrained", out / "untrained", _untrained_copy(loaded, seed)))
@@ -218,99 +227,9 @@ def run(
             print_run_summary(f"{model} ({label})" if untrained else model, stimuli, result, docs)
         (folder / "summary.txt").write_text(text.getvalue())
         print(text.getvalue(), end="")
-    write_job(out, {"job": job, "started": (read_job(out) or {}).get("started"), "finished": _now()})
+    write_job(out, {"job": job, "started": (read_job(out) or {}).get("started"), "finished": now()})
     where = f"; TensorBoard: tensorboard --logdir {log_dir}" if log_dir is not None else ""
     print(f"wrote {out}/{where}")
-    return summary
-
-
-def _remove_dropped_tasks(out: Path, previous: dict[str, Any], tasks: list[dict], log_dir, name: str) -> None:
-    """Delete what an earlier run of this job wrote for tasks that it no longer has (its results JSON, its figures and
-    its TensorBoard run) — files that this job created, listed in its run.json."""
-    from localizer.report import remove_run
-
-    earlier = previous.get("job", {}).get("ablate", {}).get("tasks") or []
-    old = {str(t["task"]) for t in earlier if isinstance(t, dict) and t.get("task")}
-    for task in sorted(old - {t["task"] for t in tasks}):
-        for folder in (out, out / "untrained"):
-            (folder / f"results_{task}.json").unlink(missing_ok=True)
-            for png in folder.glob(f"ablation_{task}_*.png"):
-                png.unlink()
-        for run_name in (name, f"{name}/untrained") if log_dir is not None else ():
-            remove_run(Path(log_dir) / run_name / "ablate" / task)
-        print(f"removed the results of task {task} from the earlier run of this job (it is no longer in its tasks)")
-
-
-def job_name(model: str, stimuli: str, config: str | None = None) -> str:
-    """A job's default name: ``[config-]stimuli-model`` from their short names (``language-gemma-3-270m``)."""
-
-    def short(spec: str) -> str:
-        spec = str(spec).rstrip("/")
-        if ":" in spec and not Path(spec).exists():  # package.module:callable
-            return spec.rsplit(":", 1)[1]
-        return (
-            Path(spec).stem
-            if Path(spec).suffix in (".jsonl", ".json", ".csv", ".parquet", ".yaml")
-            else Path(spec).name
-        )
-
-    parts = [short(stimuli), short(model)]
-    if config and short(config) != parts[0]:
-        parts.insert(0, short(config))
-    return _clean_name("-".join(parts))
-
-
-def _clean_name(name: str) -> str:
-    """A name safe as one folder name (letters, digits, ``._-``; ``/`` would nest folders)."""
-    import re
-
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "job"
-    return cleaned
-
-
-def read_job(out: Path) -> dict[str, Any] | None:
-    """The job record of a run folder (``run.json``), or None."""
-    path = Path(out) / JOB_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_job(out: Path, record: dict[str, Any]) -> None:
-    import localizer
-    from localizer.files.outputs import write_json
-
-    write_json(Path(out) / JOB_FILE, {"localizer": localizer.__version__, **record})
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """The settings that differ, as ``key: old -> new`` (nested keys dotted)."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
-        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
-def _finished_results(out: Path, folders: list[Path], tasks, previous) -> dict[str, Any]:
-    """A finished run's results read back from its folder (and its summary printed again)."""
-    from localizer.selection.result import Selection
-
-    summary = {}
-    for label, folder in zip(("trained", "untrained"), folders):
-        print((folder / "summary.txt").read_text(), end="")
-        docs = {spec["task"]: json.loads((folder / f"results_{spec['task']}.json").read_text()) for spec in tasks}
-        summary[label] = {"selection": Selection.read(folder / "selection.h5"), "ablation": docs}
     return summary
 
 

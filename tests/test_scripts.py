@@ -97,9 +97,9 @@ def test_dashboard_script_reads_back_what_hparams_shows(tmp_path):
     it: one row per ablation, with the task's localized deltas; without --out it writes nothing."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from localizer.ablation.figures import log_ablation
     from localizer.ablation.module import Condition
     from localizer.ablation.summary import summarize
-    from localizer.report import log_ablation
 
     results = {"baseline": {"accuracy": 0.75}, "localized": {"accuracy": 0.25}}
     conditions = [Condition("baseline", "baseline", None), Condition("localized", "localized", {})]

@@ -198,7 +198,7 @@ def run_ablation(
                 from localizer.files.outputs import write_json
 
                 write_json(out, doc)
-            from localizer.report import log_ablation
+            from localizer.ablation.figures import log_ablation
 
             hparams = {  # five columns: what TensorBoard shows without a click (the rest is in the JSON)
                 "job": log_name or "",

@@ -347,7 +347,7 @@ def test_tensorboard_tags(planted, tmp_path):
     assert hp["task"].string_value == "classification" and hp["job"].string_value == "job"
     assert hp["n_selected"].number_value == doc["n_selected"] and hp["method"].string_value == "zero"
     # every session declares the same columns (the dashboard shows one experiment's), whatever its task
-    from localizer.report import HP_METRICS
+    from localizer.ablation.figures import HP_METRICS
 
     assert metric_tags == {f"hp/{m}/{w}" for m in HP_METRICS for w in ("delta_localized", *(f"z_{k}" for k in kinds))}
     assert scalars["hp/accuracy/delta_localized"] == pytest.approx({0: doc["delta"]["localized"]["accuracy"]})
@@ -360,9 +360,9 @@ def log_synthetic(folder):
     """log_ablation of a results document computed from hand-made results (controls with spread, so z exists)."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from localizer.ablation.figures import log_ablation
     from localizer.ablation.module import Condition
     from localizer.ablation.summary import summarize
-    from localizer.report import log_ablation
 
     results = {"baseline": {"accuracy": 0.9}, "localized": {"accuracy": 0.5}}
     conditions = [Condition("baseline", "baseline", None), Condition("localized", "localized", {})]
