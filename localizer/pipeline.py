@@ -151,21 +151,21 @@ def run(
         "precision": str(trainer.get("precision") or "32-true"),
     }
     previous = read_job(out)
-    if previous is not None and previous.get("finished"):
-        diff = settings_diff(previous.get("job", {}), job)
-        if not diff and not overwrite:
-            print(
-                f"{out} already holds this run, finished {previous['finished']}; nothing to do "
-                f"(pass {opt('overwrite', True)} to run it again)"
-            )
-            return finished_results(out, folders, tasks, previous)
-        if diff and not overwrite:
-            raise LocalizerError(
-                f"{out} holds a finished run with other settings ({'; '.join(diff[:4])}"
-                f"{'; ...' if len(diff) > 4 else ''}); pass {opt('overwrite', True)} to replace its results "
-                f"(activations and selection made with the same settings are reused) or choose another "
-                f"{opt('name')} / {opt('output_dir')}"
-            )
+    finished = previous is not None and bool(previous.get("finished")) and not overwrite
+
+    def refuse_other_settings(diff: list[str]) -> None:
+        raise LocalizerError(
+            f"{out} holds a finished run with other settings ({'; '.join(diff[:4])}"
+            f"{'; ...' if len(diff) > 4 else ''}); pass {opt('overwrite', True)} to replace its results "
+            f"(activations and selection made with the same settings are reused) or choose another "
+            f"{opt('name')} / {opt('output_dir')}"
+        )
+
+    if finished:  # before loading the model: what the options alone say
+        assert previous is not None
+        diff = settings_diff({k: v for k, v in previous.get("job", {}).items() if k != "weights"}, job)
+        if diff:
+            refuse_other_settings(diff)
     elif previous is None and not overwrite:
         found = [p for p in written if p.exists()]
         if found:
@@ -182,6 +182,17 @@ def run(
         padding_side=extract_options.get("padding_side", "right"),
         trust_remote_code=extract_options.get("trust_remote_code", False),
     )
+    job["weights"] = loaded.fingerprint()  # the same path may hold other weights now
+    if finished:
+        assert previous is not None
+        diff = settings_diff(previous.get("job", {}), job)
+        if diff:
+            refuse_other_settings(diff)
+        print(
+            f"{out} already holds this run, finished {previous['finished']}; nothing to do "
+            f"(pass {opt('overwrite', True)} to run it again)"
+        )
+        return finished_results(out, folders, tasks, previous)
     for spec in tasks:  # what the model cannot do fails now, not after the extraction
         with step_options("ablate"):
             check_task(loaded, spec["task"], task_rows[spec["task"]], ablate.get("max_length"))

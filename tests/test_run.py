@@ -250,3 +250,24 @@ def test_trainer_options_that_lightning_refuses_are_one_line(gpt2_dir, text_file
     assert len(errors) == 1 and "invalid trainer options" in errors[0] and "'devices': 0" in errors[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "a.h5").exists()
+
+
+def test_a_finished_run_on_changed_weights_is_not_reported_as_done(gpt2_dir, text_file, tmp_path, capsys, monkeypatch):
+    """The same model path holding other weights is another run: refused, naming the weights, not 'nothing to do'."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m"
+    shutil.copytree(gpt2_dir, model)
+    args = ["run", "--model", str(model), "--stimuli", str(text_file), "--layers", "transformer.h.*",
+            "--select.top", "10%", "--ablate.tasks", "[]", *CPU_FLAGS]  # fmt: skip
+    assert main(args) == 0
+    assert main(args) == 0 and "already holds this run" in capsys.readouterr().out
+    m = GPT2LMHeadModel.from_pretrained(model)
+    with torch.no_grad():
+        m.transformer.h[0].mlp.c_fc.weight[0, 0] += 1.0
+    m.save_pretrained(model)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run with other settings (weights:" in err and len(err.strip().splitlines()) == 1
