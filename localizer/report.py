@@ -44,6 +44,9 @@ def tensorboard_run(log_dir, step: str, job: str | None = None):
         yield logger
     except BaseException:
         if not existed:
+            writer = getattr(logger, "_experiment", None)
+            if writer is not None:  # its writer thread must not write into the folder after it is gone
+                writer.close()
             shutil.rmtree(folder, ignore_errors=True)
         raise
 
