@@ -97,3 +97,12 @@ def finished_results(out: Path, folders: list[Path], tasks, previous) -> dict[st
         docs = {spec["task"]: json.loads((folder / f"results_{spec['task']}.json").read_text()) for spec in tasks}
         summary[label] = {"selection": Selection.read(folder / "selection.h5"), "ablation": docs}
     return summary
+
+
+def describe_job(doc: Any) -> str | None:
+    """A run record (``run.json``) in words, for ``localizer check``; None when ``doc`` is not one."""
+    if not (isinstance(doc, dict) and isinstance(doc.get("job"), dict) and "started" in doc):
+        return None
+    job, finished = doc["job"], doc.get("finished")
+    state = f"finished {finished}" if finished else "not finished (killed or running)"
+    return f"run record of job {job.get('name', '?')}: {job.get('model')} on {job.get('stimuli')}, {state}"

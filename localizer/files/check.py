@@ -1,8 +1,5 @@
-"""`localizer check`: verify activation files (with their segment files) and selection files.
-
-:func:`check` checks several files; :func:`check_file` returns ``(kind, summary, problems)``; every problem is one
-line that says what is wrong and where. Nothing is modified.
-"""
+"""`localizer check`: verify activation files (and their segments), selection files, results and run records.
+:func:`check_file` returns ``(kind, summary, problems)``, each problem one line saying what is wrong and where."""
 
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ import numpy as np
 
 from localizer.errors import LocalizerError
 from localizer.files.activations import FORMAT_VERSION, allow_sources, coverage, read_version, source_file
+from localizer.jobs import describe_job
 
 CHUNK_BYTES = 16 << 20
 
@@ -236,8 +234,9 @@ def _check_segments(path: Path, n: int, positive, units: dict[str, int], sources
             problems.append(f"segment {seg} is damaged ({type(e).__name__}: {_short(e)})")
     if covered:
         index = np.concatenate(covered)
-        if coverage(index, n):
-            problems.append(f"the segments do not cover the {n} stimuli exactly once: {coverage(index, n)}")
+        gaps = coverage(index, n)
+        if gaps:
+            problems.append(f"the segments do not cover the {n} stimuli exactly once: {gaps}")
     return problems
 
 
@@ -383,14 +382,9 @@ def _check_results(path: Path) -> tuple[str, str, list[str]]:
         doc = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         return "unknown", "", [f"not a readable JSON file: {_short(e)}"]
-    if isinstance(doc, dict) and isinstance(doc.get("job"), dict) and "started" in doc:  # localizer run's run.json
-        job, finished = doc["job"], doc.get("finished")
-        state = f"finished {finished}" if finished else "not finished (killed or running)"
-        return (
-            "run",
-            f"run record of job {job.get('name', '?')}: {job.get('model')} on {job.get('stimuli')}, {state}",
-            [],
-        )
+    described = describe_job(doc)  # localizer run's run.json
+    if described is not None:
+        return "run", described, []
     if not isinstance(doc, dict) or "task" not in doc or "baseline" not in doc:
         return "json", "a JSON file, not an ablation results document", []
     problems = [f"key {key!r} is missing" for key in RESULT_KEYS if key not in doc]
