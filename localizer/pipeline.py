@@ -78,9 +78,10 @@ def run(
         settings_diff,
         write_job,
     )
+    from localizer.recording.builtin import builtin_name, for_model
     from localizer.recording.extract import extract
     from localizer.recording.models import load_model
-    from localizer.recording.stimuli import load_stimuli, modality
+    from localizer.recording.stimuli import fingerprint, load_stimuli, modality
     from localizer.report import log_exemplars, print_run_summary
     from localizer.selection.options import SelectionOptions
     from localizer.selection.select import select as select_step
@@ -163,7 +164,9 @@ def run(
 
     if finished:  # before loading the model: what the options alone say
         assert previous is not None
-        diff = settings_diff({k: v for k, v in previous.get("job", {}).items() if k != "weights"}, job)
+        diff = settings_diff(
+            {k: v for k, v in previous.get("job", {}).items() if k not in ("weights", "stimuli_rows")}, job
+        )
         if diff:
             refuse_other_settings(diff)
     elif previous is None and not overwrite:
@@ -183,6 +186,10 @@ def run(
         trust_remote_code=extract_options.get("trust_remote_code", False),
     )
     job["weights"] = loaded.fingerprint()  # the same path may hold other weights now
+    if kind == "text":  # a built-in set as recorded for this model (language: matched to its tokenizer)
+        named = builtin_name(stimuli) if extract_options.get("control") is None else None
+        data = for_model(named, data, loaded.processor)
+    job["stimuli_rows"] = fingerprint(data)  # what the model gets: a set matched to it, a file edited since
     if finished:
         assert previous is not None
         diff = settings_diff(previous.get("job", {}), job)

@@ -94,7 +94,7 @@ def test_print_config_and_shipped_configs(capsys):
     assert main(["run", "--print_config"]) == 0
     default = yaml.safe_load(capsys.readouterr().out)
     assert default["model"] == "gemma-3-270m" and default["select"]["abs"] is True
-    assert default["select"]["top"] == "1%" and default["pooling"] == "last"
+    assert default["select"]["top"] == "1%" and default["pooling"] is None  # last for text; tom, arithmetic: mean
     assert {t["task"] for t in default["ablate"]["tasks"]} == {"next-token", "minimal-pairs"}
     assert main(["run", "--config", "faces", "--print_config"]) == 0
     faces = yaml.safe_load(capsys.readouterr().out)

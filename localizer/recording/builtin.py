@@ -3,15 +3,20 @@
 ===========================  ==================================================================================
 name                         contents
 ===========================  ==================================================================================
-``language``                 247 English sentences (8-14 words, written for this project) vs 247 length-matched
-                             pronounceable non-word strings (checked against wordfreq); 75/25 localize/validation
+``language``                 247 English sentences (8-14 words, written for this project) vs 247 pronounceable
+                             non-word strings (checked against wordfreq), matched in token length to their sentence
+                             for the model's tokenizer (:func:`match_token_lengths`); 75/25 localize/validation
+``language-word-matched``    the same, each non-word string with as many words as its sentence (not token-matched:
+                             pseudowords split into more sub-word tokens than words, ~2x the tokens)
 ``language-next-token``      50 held-out sentences (task data for ``next-token``)
 ``language-minimal-pairs``   113 grammatical/ungrammatical pairs (task data for ``minimal-pairs``)
 ``faces``                    LFW faces vs non-face patches from scikit-image's ``lfw_subset`` (25x25 gray), plus
                              crops of scikit-image's object and scene photos as controls
 ``faces-hub``                CelebA (``tpremoli/CelebA-attrs``) vs COCO (``phiyodr/coco2017``), needs internet
-``tom``                      false-belief vs false-photograph stories (theory of mind), templates, seeded
-``arithmetic``               hard (two-digit x two-digit) vs easy (one-digit +) arithmetic prompts, seeded
+``tom``                      false-belief vs false-photograph stories (theory of mind), templates, seeded; the
+                             same number of tokens in each pair; ``mean`` pooling by default (as llm-localization)
+``arithmetic``               hard (two-digit x two-digit) vs easy (tens + tens) arithmetic prompts, seeded; the same
+                             number of tokens in each pair; ``mean`` pooling by default (as llm-localization)
 ``tom-forced-choice``        48 held-out false-belief stories, each completed with the location the character
                              believes (good) and the true one (bad): task data for ``minimal-pairs``
 ``arithmetic-forced-choice`` 60 held-out two-digit additions completed with the right and a wrong sum (off by 1-9)
@@ -20,6 +25,7 @@ name                         contents
 
 from __future__ import annotations
 
+import os
 import random
 
 from localizer.errors import LocalizerError
@@ -42,7 +48,46 @@ def _split(n: int, frac: float, seed: int) -> list[str]:
 
 
 def language():
+    """The ``language`` set before matching (:func:`match_token_lengths` matches it to a tokenizer)."""
     return _jsonl("language.jsonl").select_columns(["text", "positive", "split"])
+
+
+def _spans(text: str) -> list[str]:
+    """Every run of >= 2 consecutive words of a non-word string, as a string of its own, longest first."""
+    end = "." if text.endswith(".") else ""
+    words = text.removesuffix(".").split()
+    runs = [" ".join(words[i : i + k]) for k in range(len(words), 1, -1) for i in range(len(words) - k + 1)]
+    return [(r[0].upper() + r[1:] if text[0].isupper() else r) + end for r in runs]
+
+
+def match_token_lengths(ds, tokenizer):
+    """The ``language`` set with each non-word string replaced by the run of its consecutive pseudowords whose token
+    count under ``tokenizer`` (special tokens included) is closest to its sentence's; ties go to the longer run, then
+    the earlier. Pseudowords split into more sub-word tokens than words, so a matched string has fewer words than its
+    sentence (about 5 for 12 tokens). Rows alternate sentence, non-word string, as in ``language.jsonl``."""
+    from localizer.recording.datamodule import token_lengths
+
+    texts = list(ds["text"])
+    out = list(texts)
+    candidates = [_spans(t) for t in texts[1::2]]
+    lengths = token_lengths([c for cs in candidates for c in cs], tokenizer, None)
+    targets = token_lengths(texts[0::2], tokenizer, None)
+    at = 0
+    for i, (cs, target) in enumerate(zip(candidates, targets)):
+        gaps = [abs(n - target) for n in lengths[at : at + len(cs)]]
+        out[2 * i + 1] = cs[gaps.index(min(gaps))]
+        at += len(cs)
+    return ds.remove_columns("text").add_column("text", out).select_columns(ds.column_names)
+
+
+POOLING = {"tom": "mean", "arithmetic": "mean"}  # as llm-localization localizes its ToM and MD networks
+
+
+def for_model(name: str | None, ds, tokenizer):
+    """A built-in set as recorded for a model: ``language`` matched to its tokenizer; anything else unchanged."""
+    if name == "language" and tokenizer is not None:
+        return match_token_lengths(ds, tokenizer)
+    return ds
 
 
 def language_next_token():
@@ -80,9 +125,9 @@ def tom(seed: int = 0, n: int = 48):
         obj = rng.choice(objects)
         p1, p2 = rng.sample(places, 2)
         belief = _false_belief(a, b, obj, p1, p2)
-        photo = (
-            f"{a} takes a photograph of the {obj} in the {p1} and leaves the room. Later, {b} moves the {obj} "
-            f"to the {p2}. In the photograph, the {obj} is shown lying in the"
+        photo = (  # the same names, objects and places as often as the belief story: the same token count
+            f"{a} takes a photo of the {obj} in the {p1} and {a} leaves. While {a} is outside, {b} moves the {obj} "
+            f"to the {p2}. In the photo {a} took, the {obj} is in the"
         )
         rows += [{"text": belief, "positive": True}, {"text": photo, "positive": False}]
     split = _split(n, 0.25, seed)
@@ -92,13 +137,15 @@ def tom(seed: int = 0, n: int = 48):
 
 
 def arithmetic(seed: int = 0, n: int = 80):
-    """Hard (two-digit x two-digit) vs easy (one-digit + one-digit) arithmetic prompts (multiple-demand localizer);
-    every prompt distinct (there are 81 one-digit sums, so n <= 81)."""
+    """Hard (two-digit x two-digit, no multiple of 10) vs easy (tens + tens) arithmetic prompts (multiple-demand
+    localizer); both with two-digit numbers, so a pair has the same number of tokens; every prompt distinct (there
+    are 81 sums of tens, so n <= 81)."""
     import datasets
 
     rng = random.Random(seed)
-    easy = rng.sample([(c, d) for c in range(1, 10) for d in range(1, 10)], n)
-    hard = rng.sample([(a, b) for a in range(12, 99) for b in range(12, 99)], n)
+    easy = rng.sample([(c, d) for c in range(10, 100, 10) for d in range(10, 100, 10)], n)
+    two_digit = [a for a in range(12, 99) if a % 10]
+    hard = rng.sample([(a, b) for a in two_digit for b in two_digit], n)
     rows = []
     for (a, b), (c, d) in zip(hard, easy):
         rows += [
@@ -218,6 +265,7 @@ def faces_hub(ds, seed: int = 0, n: int = 500):
 
 BUILTIN = {
     "language": language,
+    "language-word-matched": language,
     "language-next-token": language_next_token,
     "language-minimal-pairs": language_minimal_pairs,
     "faces": faces,
@@ -230,6 +278,15 @@ BUILTIN = {
 # built-in sets read from two hub datasets (positive, control; needs internet), then finished by a function
 HUB_PAIRS = {"faces-hub": (("tpremoli/CelebA-attrs", "phiyodr/coco2017"), faces_hub)}
 NAMES = (*BUILTIN, *HUB_PAIRS)
+
+
+def builtin_name(source) -> str | None:
+    """``source`` when it names a built-in set (and no local path of that name exists), else None."""
+    from pathlib import Path
+
+    if isinstance(source, (str, os.PathLike)) and str(source) in NAMES and not Path(source).exists():
+        return str(source)
+    return None
 
 
 def builtin(name: str):

@@ -156,6 +156,8 @@ def record(
     from localizer.files.outputs import check_log_dir, check_output, check_outputs, input_files, source_name
     from localizer.files.resume import check_partial, check_segment_folder, committed_rows
     from localizer.files.writer import LAYOUTS, NAN_POLICIES, HDF5ActivationWriter
+    from localizer.recording.builtin import POOLING as BUILTIN_POOLING
+    from localizer.recording.builtin import builtin_name, for_model
     from localizer.recording.datamodule import LocalizerDataModule, fit_texts, token_lengths
     from localizer.recording.models import LoadedModel, load_model
     from localizer.recording.recorder import ActivationRecorder
@@ -193,16 +195,18 @@ def record(
     provenance: dict[str, str | None] = {}
     if source:  # a dataset that the caller names (run: the stimuli as given, resolved)
         provenance = {"stimuli": source, "control": source_name(control) if control else None}
+    named = None if control else builtin_name(source or stimuli)
+    if pooling is None and named in BUILTIN_POOLING:
+        pooling = BUILTIN_POOLING[named]
+    to_match = named if isinstance(stimuli, (str, os.PathLike)) else None  # a dataset passed in is as recorded
     if isinstance(stimuli, (str, os.PathLike)):
         provenance = {"stimuli": source_name(stimuli), "control": source_name(control) if control else None}
         stimuli = load_stimuli(stimuli, control)
     else:
         stimuli = validate_stimuli(stimuli)
     kind = modality(stimuli)
-    if lowercase:
-        if kind != "text":
-            raise LocalizerError(f"{opt('lowercase', True)} applies to text stimuli; these are images")
-        stimuli = stimuli.map(lambda t: {"text": t.lower()}, input_columns="text")
+    if lowercase and kind != "text":
+        raise LocalizerError(f"{opt('lowercase', True)} applies to text stimuli; these are images")
     loaded = (
         model
         if isinstance(model, LoadedModel)
@@ -215,6 +219,10 @@ def record(
             trust_remote_code=trust_remote_code,
         )
     )
+    if kind == "text":
+        stimuli = for_model(to_match, stimuli, loaded.processor)  # before lower-casing, as run does
+    if lowercase:
+        stimuli = stimuli.map(lambda t: {"text": t.lower()}, input_columns="text")
     recorder = ActivationRecorder(
         loaded.model, layers, pooling, modality=kind, model_name=loaded.name, model_class=loaded.model_class
     )

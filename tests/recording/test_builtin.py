@@ -63,9 +63,9 @@ def test_arithmetic_prompts_are_hard_vs_easy():
     for t, p in zip(ds["text"], ds["positive"]):
         a, op, b = re.match(r"What is (\d+) (times|plus) (\d+)\?", t).groups()
         if p:
-            assert op == "times" and int(a) >= 10 and int(b) >= 10
-        else:
-            assert op == "plus" and int(a) < 10 and int(b) < 10
+            assert op == "times" and 10 <= int(a) < 100 and 10 <= int(b) < 100 and int(a) % 10 and int(b) % 10
+        else:  # sums of tens: easy, and as many digits as the hard products' factors
+            assert op == "plus" and int(a) in range(10, 100, 10) and int(b) in range(10, 100, 10)
 
 
 def test_faces():
