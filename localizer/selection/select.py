@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -60,7 +61,7 @@ def select_file(
     activations: str | os.PathLike,
     out: str | os.PathLike,
     options: SelectionOptions | None = None,
-    chunk_bytes: int = 16 << 20,
+    chunk_bytes: int = 8 << 20,
     log_dir: str | os.PathLike | None = "lightning_logs",
     png_dir: str | os.PathLike | None = None,
     log_name: str | None = None,
@@ -71,20 +72,20 @@ def select_file(
         activations: a master activation file (:mod:`localizer.files.activations`).
         out: the selection file to write.
         options: selection rule, controls, ``abs``/``alternative``, split-half.
-        chunk_bytes: float64 bytes per chunk of rows over all layers.
+        chunk_bytes: float32 bytes per chunk of rows over all layers (two chunks are held: one read, one added).
         log_dir: TensorBoard folder (a ``select`` run is added); None to skip.
         png_dir: also save the figures as PNG files here.
         log_name: the job's name: the TensorBoard run is ``log_dir/<log_name>/select`` (else ``select/version_N``).
     """
     import numpy as np
-    import torch
 
     from localizer.files.activations import open_activations, segment_files
     from localizer.files.check import require_valid
     from localizer.files.outputs import check_log_dir, check_outputs
     from localizer.selection.compute import finish_selection
-    from localizer.selection.metric import LOCALIZE, VALIDATION, UnitStatistics, half_assignment
+    from localizer.selection.metric import LOCALIZE, VALIDATION, half_assignment
     from localizer.selection.rules import UnitLayout
+    from localizer.selection.shifted import ShiftedSums
 
     require_valid(activations, "activations", values=False)  # check's rules; values are checked while reading
     check_outputs({"out": out}, {"activations": [Path(activations), *segment_files(activations)]})
@@ -95,41 +96,53 @@ def select_file(
         dsets = [f[f"activations/{layer}"] for layer in layers]
         layout = UnitLayout(layers, [d.shape[1] for d in dsets])
         n = int(meta["n_stimuli"])
-        positive = torch.from_numpy(f["positive"][:])
-        group = torch.zeros(n, dtype=torch.long)
+        positive = f["positive"][:].astype(bool)
+        group = np.zeros(n, dtype=np.int64)
         if "split" in f and options.rows == "localize":  # rows "all": every row is selected on
-            group = torch.from_numpy((f["split"].asstr()[:] == "validation").astype(np.int64))
+            group = (f["split"].asstr()[:] == "validation").astype(np.int64)
         lengths = None
         if "n_tokens" in f:  # text stimuli: the token counts of the rows selected on, per class
-            n_tokens, on = f["n_tokens"][:], group.numpy() == LOCALIZE
-            lengths = (n_tokens[on & positive.numpy()], n_tokens[on & ~positive.numpy()])
-        stats = UnitStatistics(layout.total, 2)
-        halves = UnitStatistics(layout.total, 2) if options.split_half else None
-        half_of = torch.from_numpy(half_assignment(n, options.seed))
-        rows = max(1, chunk_bytes // (8 * max(layout.total, 1)))
-        for r0 in range(0, n, rows):
-            r1 = min(n, r0 + rows)
-            try:
-                x = torch.from_numpy(np.concatenate([d[r0:r1] for d in dsets], axis=1))
-            except OSError as e:  # a truncated or corrupt segment behind the virtual datasets
-                raise LocalizerError(
-                    f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
-                    f"`localizer check {activations}` says which file is damaged"
-                ) from e
-            if not torch.isfinite(x).all():
-                row = r0 + int((~torch.isfinite(x)).any(1).nonzero()[0, 0])
-                raise LocalizerError(
-                    f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
-                    f"recorded with {opt('nan_policy', 'allow')}); `localizer check` lists them"
-                )
-            stats.update(x, positive[r0:r1], group[r0:r1])
-            if halves is not None:
-                halves.update(x, positive[r0:r1], torch.where(group[r0:r1] == LOCALIZE, half_of[r0:r1], -1))
-    moments = stats.compute()
+            n_tokens, on = f["n_tokens"][:], group == LOCALIZE
+            lengths = (n_tokens[on & positive], n_tokens[on & ~positive])
+        main = (group * 2 + positive).astype(np.int8)  # label = group * 2 + class
+        half_of = half_assignment(n, options.seed)
+        halves_labels = np.where(group == LOCALIZE, half_of * 2 + positive, -1).astype(np.int8)
+        sums = [ShiftedSums(layout.units, 4)] + ([ShiftedSums(layout.units, 4)] if options.split_half else [])
+        labels = [main, halves_labels][: len(sums)]
+        rows = max(1, chunk_bytes // (4 * max(layout.total, 1)))
+
+        def add(chunk: list[np.ndarray], r0: int, r1: int) -> None:  # on the worker thread (the kernel drops the GIL)
+            for acc, lab in zip(sums, labels):
+                acc.count(lab[r0:r1])
+                for i, x in enumerate(chunk):
+                    if not acc.add(x, lab[r0:r1], i):
+                        row = r0 + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+                        raise LocalizerError(
+                            f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
+                            f"recorded with {opt('nan_policy', 'allow')}); `localizer check` lists them"
+                        )
+
+        with ThreadPoolExecutor(1) as worker:  # read chunk i+1 while chunk i is added
+            pending = None
+            for r0 in range(0, n, rows):
+                r1 = min(n, r0 + rows)
+                try:
+                    chunk = [d[r0:r1] for d in dsets]
+                except OSError as e:  # a truncated or corrupt segment behind the virtual datasets
+                    raise LocalizerError(
+                        f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
+                        f"`localizer check {activations}` says which file is damaged"
+                    ) from e
+                if pending is not None:
+                    pending.result()
+                pending = worker.submit(add, chunk, r0, r1)
+            if pending is not None:
+                pending.result()
+    moments = _grouped(sums[0].moments())
     result = finish_selection(
         layout,
         moments,
-        halves.compute() if halves is not None else None,
+        _grouped(sums[1].moments()) if options.split_half else None,
         options,
         bool(moments["signed"].n[VALIDATION].sum() > 0),
         {**meta, "source": str(Path(activations).resolve()), "token_lengths": lengths},
@@ -146,3 +159,10 @@ def select_file(
         elif png_dir is not None:
             log_selectivity(None, result, png_dir=png_dir)
     return result
+
+
+def _grouped(moments: dict) -> dict:
+    """Label-major moments (label = group * 2 + class, ``n`` ``[4]``) as the metric's ``[G=2, 2]`` layout."""
+    from localizer.selection.statistics import Moments
+
+    return {k: Moments(m.n.reshape(2, 2), m.mean.reshape(2, 2, -1), m.m2.reshape(2, 2, -1)) for k, m in moments.items()}

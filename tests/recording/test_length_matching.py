@@ -102,7 +102,7 @@ def test_tom_and_arithmetic_are_recorded_with_mean_pooling_unless_asked(word_mod
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     text = builtin("arithmetic")["text"][3]
     ids = tok(text, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        hidden = model(ids, output_hidden_states=True).hidden_states[1][0]  # block 0's output (the last one has ln_f applied)
+    with torch.no_grad():  # block 0's output (the last entry has ln_f applied)
+        hidden = model(ids, output_hidden_states=True).hidden_states[1][0]
     np.testing.assert_allclose(mean_acts[3], hidden.mean(0).numpy(), atol=1e-5)
     np.testing.assert_allclose(last_acts[3], hidden[-1].numpy(), atol=1e-5)
