@@ -49,6 +49,7 @@ RUN_SKIPS_ABLATE = {
     "overwrite",
     "log_dir",
     "trust_remote_code",
+    "dtype",
     "trainer",
 }
 TASKS_HELP = (

@@ -184,6 +184,7 @@ def run(
         transform=extract_options.get("transform"),
         padding_side=extract_options.get("padding_side", "right"),
         trust_remote_code=extract_options.get("trust_remote_code", False),
+        dtype=extract_options.get("dtype", "float32"),
     )
     job["weights"] = loaded.fingerprint()  # the same path may hold other weights now
     if kind == "text":  # a built-in set as recorded for this model (language: matched to its tokenizer)

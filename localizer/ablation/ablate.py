@@ -31,6 +31,7 @@ def ablate(
     num_workers: int = 0,
     log_dir: Optional[str] = "lightning_logs",
     trust_remote_code: bool = False,
+    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
     trainer: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Rerun a task with the selected units silenced and report metric deltas against random control sets.
@@ -52,6 +53,8 @@ def ablate(
         num_workers: DataLoader worker processes.
         log_dir: TensorBoard folder (an ablate/ run is added; null: no logs).
         trust_remote_code: allow code shipped with a hub model to run.
+        dtype: load the weights as float32, bfloat16 or float16 (default: the type the activations were recorded
+            with, as the selection file says).
         trainer: Lightning Trainer options (accelerator, devices, strategy, num_nodes, precision, ...).
 
     Returns:
@@ -76,6 +79,7 @@ def ablate(
         num_workers=num_workers,
         log_dir=log_dir,
         trust_remote_code=trust_remote_code,
+        dtype=dtype,
         trainer=trainer,
     )
 
@@ -96,6 +100,7 @@ def run_ablation(
     num_workers: int = 0,
     log_dir: str | os.PathLike | None = "lightning_logs",
     trust_remote_code: bool = False,
+    dtype: str | None = None,
     trainer: dict[str, Any] | None = None,
     loaded: Any = None,
     png_dir: str | os.PathLike | None = None,
@@ -152,7 +157,8 @@ def run_ablation(
         forced = str(attrs.get("model_class", "")) or None
         if forced and ":" in forced:  # a package.module:callable model
             forced = None
-        loaded = load_model(spec, kind, model_class=forced, trust_remote_code=trust_remote_code)
+        dtype = dtype or str(attrs.get("dtype") or "float32")
+        loaded = load_model(spec, kind, model_class=forced, trust_remote_code=trust_remote_code, dtype=dtype)
     recorded = str(attrs.get("weights", ""))
     if recorded and loaded.fingerprint() != recorded:
         raise LocalizerError(
@@ -283,6 +289,7 @@ def _provenance(loaded, selection, attrs, task_data, rows: int, method: str) -> 
 
     import localizer
     from localizer.files.outputs import source_name
+    from localizer.recording.models import dtype_name
 
     if isinstance(task_data, (str, os.PathLike)):
         data = source_name(task_data)
@@ -294,6 +301,7 @@ def _provenance(loaded, selection, attrs, task_data, rows: int, method: str) -> 
         "localizer": localizer.__version__,
         "model": source_name(loaded.name),
         "weights": loaded.fingerprint(),
+        "dtype": dtype_name(loaded.model),
         "selection": str(Path(selection).resolve()),
         "selection_sha256": hashlib.sha256(Path(selection).read_bytes()).hexdigest(),
         "task_data": data,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from localizer.errors import LocalizerError, step_options
 
@@ -39,6 +39,7 @@ def dissociate(
     pooling: Optional[str] = None,
     batch_size: int = 16,
     max_length: Optional[int] = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
     overwrite: bool = False,
     log_dir: Optional[str] = "lightning_logs",
     select: Optional[dict[str, Any]] = None,
@@ -52,9 +53,11 @@ def dissociate(
         localizers: built-in localizers, comma-separated: language, tom, arithmetic.
         out: the folder for every file (one subfolder per localizer, dissociation.json, dissociation.png).
         layers: layers to record (as for extract).
-        pooling: pooling (as for extract).
+        pooling: pooling (as for extract; default: each localizer's own, last for language, mean for tom and
+            arithmetic).
         batch_size: stimuli per forward pass when recording.
         max_length: truncate the localizer stimuli to this many tokens (the task data are not truncated).
+        dtype: load the weights as float32, bfloat16 or float16.
         overwrite: replace the files of an earlier dissociation in out.
         log_dir: TensorBoard folder (a run log_dir/dissociation-NAME is added; null: no logs).
         select: options of the select step (as for localizer run's select).
@@ -101,7 +104,7 @@ def dissociate(
     result_file = folder / "dissociation.json"
     check_output(result_file, overwrite)
     trainer = _one_process(dict(trainer or {}))
-    loaded = load_model(model, "text")
+    loaded = load_model(model, "text", dtype=dtype)
     selections = {}
     for name in names:  # one extraction and one selection per localizer
         sub = folder / name

@@ -13,6 +13,7 @@ from localizer.selection.options import PARAMETERS_DOC, Alternative, Rows, Selec
 from localizer.trainer import build_trainer, trainer_kwargs
 
 Pooling = Literal["last", "mean", "channel", "flat"]
+Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 def extract(
@@ -36,6 +37,7 @@ def extract(
     nan_policy: Literal["error", "allow"] = "error",
     layout: Literal["single", "virtual"] = "single",
     trust_remote_code: bool = False,
+    dtype: Dtype = "float32",
     selection: Optional[str] = None,
     log_dir: Optional[str] = "lightning_logs",
     abs: bool = False,
@@ -80,6 +82,7 @@ def extract(
         layout: single (one self-contained file; the segments are packed into it and deleted at the end) or virtual
             (keep virtual datasets over out.shards/: no copy, for outputs too large to hold twice).
         trust_remote_code: allow code shipped with a hub model to run.
+        dtype: load the weights as float32, bfloat16 or float16 (activations are stored as float32 either way).
         selection: also compute the selection while recording and write it to this file (options below).
         log_dir: TensorBoard folder of the online selection (an extract/ run is added; null: no logs).
         {selection_parameters}
@@ -109,6 +112,7 @@ def extract(
         nan_policy=nan_policy,
         layout=layout,
         trust_remote_code=trust_remote_code,
+        dtype=dtype,
         selection=selection,
         selection_options=options,
         log_dir=log_dir,
@@ -140,6 +144,7 @@ def record(
     nan_policy: str = "error",
     layout: str = "single",
     trust_remote_code: bool = False,
+    dtype: str = "float32",
     selection: str | os.PathLike | None = None,
     selection_options: SelectionOptions | None = None,
     log_dir: str | os.PathLike | None = "lightning_logs",
@@ -159,7 +164,7 @@ def record(
     from localizer.recording.builtin import POOLING as BUILTIN_POOLING
     from localizer.recording.builtin import builtin_name, for_model
     from localizer.recording.datamodule import LocalizerDataModule, fit_texts, token_lengths
-    from localizer.recording.models import LoadedModel, load_model
+    from localizer.recording.models import LoadedModel, dtype_name, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, stimulus_labels, validate_stimuli
 
@@ -217,6 +222,7 @@ def record(
             transform=transform,
             padding_side=padding_side,
             trust_remote_code=trust_remote_code,
+            dtype=dtype,
         )
     )
     if kind == "text":
@@ -258,6 +264,10 @@ def record(
         "precision": str(kwargs.get("precision") or "32-true"),
         "nan_policy": nan_policy,
     }
+    dtype = dtype_name(loaded.model)  # a model passed in loaded: the type it holds
+    if dtype != "float32":  # (float32 files keep the key they always had)
+        key["dtype"] = dtype
+    provenance["dtype"] = dtype
     provenance["weights"] = str(key["weights"])  # recorded: ablate checks that it loads the same model
     provenance["settings"] = json.dumps(key)  # compared when the same extraction is asked for again
     if finished:

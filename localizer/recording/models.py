@@ -28,13 +28,28 @@ from torch import nn
 
 from localizer.errors import LocalizerError, first_line, opt
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``float32`` / ``bfloat16`` / ``float16`` → the torch dtype the weights are loaded in."""
+    if name not in DTYPES:
+        raise LocalizerError(f"unknown {opt('dtype')} {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def dtype_name(model: nn.Module) -> str:
+    """The name of the dtype of a module's floating-point weights (``float32`` when it has none)."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return "float32" if weight is None else str(weight.dtype).removeprefix("torch.")
+
 
 @dataclass
 class LoadedModel:
     """A network ready for recording.
 
     Attributes:
-        model: the module, in eval mode, float32.
+        model: the module, in eval mode, its weights in the dtype asked for (float32 by default).
         name: the model as the user named it (recorded in files as ``model``).
         model_class: the Hugging Face class name, or ``package.module:callable``.
         processor: the tokenizer (text) or image processor (images), or None.
@@ -215,6 +230,7 @@ def load_model(
     transform: str | Callable | None = None,
     padding_side: str = "right",
     trust_remote_code: bool = False,
+    dtype: str = "float32",
 ) -> LoadedModel:
     """Load a model and the processor for its inputs.
 
@@ -227,7 +243,10 @@ def load_model(
             the model's image processor.
         padding_side: ``"right"`` or ``"left"`` for the tokenizer.
         trust_remote_code: allow code from the model repository to run (off unless the user asks).
+        dtype: ``float32``, ``bfloat16`` or ``float16``: the weights are loaded in this type (activations are pooled
+            and stored as float32 whatever it is).
     """
+    weights_dtype = torch_dtype(dtype)
     if padding_side not in ("left", "right"):
         raise LocalizerError(f"padding side must be 'left' or 'right', got {padding_side!r}")
     if isinstance(transform, str):
@@ -237,7 +256,7 @@ def load_model(
         if modality != "image":
             raise LocalizerError(f"model {spec!r} takes images, not {modality}")
         files = tuple(Path(f) for f in MODULE_WEIGHT_FILES.get(spec, lambda: [])())
-        return LoadedModel(factory().float(), spec, spec, None, transform or default_transform, False, files)
+        return LoadedModel(factory().to(weights_dtype), spec, spec, None, transform or default_transform, False, files)
     if _is_callable_spec(spec):
         factory = load_callable(spec, "model")
         model = factory()
@@ -254,11 +273,13 @@ def load_model(
             raise LocalizerError(
                 f"model {spec!r}: image stimuli need a transform ({opt('transform', 'package.module:callable')})"
             )
-        return LoadedModel(model.eval().float(), spec, spec, processor, transform, is_hf=False)
-    return _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code)
+        return LoadedModel(model.eval().to(weights_dtype), spec, spec, processor, transform, is_hf=False)
+    return _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code, weights_dtype)
 
 
-def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code) -> LoadedModel:
+def _load_hf(
+    spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code, dtype=torch.float32
+) -> LoadedModel:
     import transformers
 
     path = resolve_model_path(spec)
@@ -274,7 +295,7 @@ def _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, tr
     cls = _model_class(transformers, config, modality, model_class)
     try:
         model, info = cls.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=trust_remote_code, output_loading_info=True
+            path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
         )
     except Exception as e:  # damaged or foreign weight files fail in many ways (safetensors, torch, json)
         raise LocalizerError(f"model {spec!r}: cannot load weights as {cls.__name__}: {first_line(e)}") from e
@@ -383,7 +404,11 @@ class ModelCaller:
     def __call__(self, batch: dict[str, Any]) -> Any:
         inputs = {k: batch[k] for k in self.INPUT_KEYS if k in batch}
         if self.modality == "image":
-            return self.model(pixel_values=inputs["pixel_values"]) if self.is_hf else self.model(inputs["pixel_values"])
+            pixels = inputs["pixel_values"]
+            weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
+            if weight is not None and pixels.dtype != weight.dtype:  # a model loaded in bfloat16/float16
+                pixels = pixels.to(weight.dtype)
+            return self.model(pixel_values=pixels) if self.is_hf else self.model(pixels)
         if not self.is_hf:
             if "attention_mask" in inputs and self.takes_mask:
                 return self.model(inputs["input_ids"], attention_mask=inputs["attention_mask"])

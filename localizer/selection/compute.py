@@ -140,7 +140,7 @@ def finish_selection(
         "n_positive": s["n_positive"],
         "n_control": s["n_control"],
         **{k: meta.get(k, "") for k in ("source", "pooling", "model", "model_class")},
-        **{k: str(meta[k]) for k in ("stimuli", "control", "weights") if meta.get(k)},
+        **{k: str(meta[k]) for k in ("stimuli", "control", "weights", "dtype") if meta.get(k)},
     }
     if meta.get("settings"):  # what the activations were recorded with: a run reuses a selection only from them
         attrs["activations_settings"] = str(meta["settings"])
