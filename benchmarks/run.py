@@ -139,6 +139,53 @@ def bench_extraction(work: Path, args) -> dict:
     }
 
 
+def bench_host(work: Path, args) -> dict:
+    """The host-bound case: a tiny model (2 blocks, d=64), so the pipeline around the forward pass is what costs.
+    Marginal cost per row (a run of N rows minus a run of 512, which cancels start-up) of localizer extract vs a bare
+    forward loop over pre-tokenized batches on the same rows."""
+    from localizer.recording.datamodule import LocalizerDataModule
+    from localizer.recording.extract import record as extract
+    from localizer.recording.models import load_model
+
+    n, small, batch = (4096 if args.quick else 16384), 512, 64
+    model_dir = gpt2_dir(work, 2, 64)
+    loaded = load_model(str(model_dir), "text")
+    data = {k: texts(k) for k in (n, small)}
+    device = "cuda" if args.accelerator == "gpu" else "cpu"
+    batches = {}
+    for k, d in data.items():
+        loader = LocalizerDataModule(d, loaded.processor, batch_size=batch).predict_dataloader()
+        batches[k] = [
+            {k2: v.to(device) for k2, v in b.items() if k2 in ("input_ids", "attention_mask")} for b in loader
+        ]
+
+    def bare(k):
+        loaded.model.to(device)
+        with torch.inference_mode():
+            for b in batches[k]:
+                loaded.model(**b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def ours(k):
+        extract(loaded, data[k], work / f"host{k}.h5", layers="h.*", pooling="last", batch_size=batch, overwrite=True,
+                trainer={"accelerator": args.accelerator, "devices": 1, "enable_progress_bar": False})  # fmt: skip
+
+    t_ours, all_ours, t_bare, all_bare = paired(lambda: ours(n), lambda: bare(n), args.repeats)
+    s_ours, all_s_ours, s_bare, all_s_bare = paired(lambda: ours(small), lambda: bare(small), args.repeats)
+    marginal = (t_ours - s_ours) / (t_bare - s_bare)
+    per_row = ((t_ours - s_ours) - (t_bare - s_bare)) / (n - small) * 1e6
+    return {
+        "name": f"host-bound case: marginal cost per row, tiny GPT-2 (2 blocks, d=64), N={n} minus N={small}, batch 64",
+        "ratio": marginal,
+        "target": "<= 1.15",
+        "ok": marginal <= 1.15,
+        "detail": f"localizer {t_ours:.2f} - {s_ours:.2f} s vs bare forward {t_bare:.2f} - {s_bare:.2f} s; pipeline "
+        f"{per_row:.0f} us per row over the forward (runs: {fmt(all_ours)} / {fmt(all_bare)}; "
+        f"{fmt(all_s_ours)} / {fmt(all_s_bare)})",
+    }
+
+
 def bench_packing(work: Path, args) -> dict:
     """What packing a finished extraction into one self-contained file costs, as a share of the extraction:
     extract with ``layout="virtual"`` (segments + virtual master), then :func:`localizer.files.pack.pack`."""
@@ -482,6 +529,7 @@ def fmt(ts) -> str:
 
 BENCHMARKS = {
     "extraction": bench_extraction,
+    "host": bench_host,
     "packing": bench_packing,
     "peer": bench_versus_peer,
     "memory": bench_memory,

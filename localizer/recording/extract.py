@@ -163,7 +163,7 @@ def record(
     from localizer.files.writer import LAYOUTS, NAN_POLICIES, HDF5ActivationWriter
     from localizer.recording.builtin import POOLING as BUILTIN_POOLING
     from localizer.recording.builtin import builtin_name, for_model
-    from localizer.recording.datamodule import LocalizerDataModule, fit_texts, token_lengths
+    from localizer.recording.datamodule import LocalizerDataModule, fit_texts
     from localizer.recording.models import LoadedModel, dtype_name, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, stimulus_labels, validate_stimuli
@@ -236,7 +236,6 @@ def record(
     columns = {}
     if kind == "text" and loaded.processor is not None:
         collate_length = fit_texts(stimuli["text"], loaded.processor, max_length, loaded.max_positions, "stimulus")
-        columns["n_tokens"] = token_lengths(stimuli["text"], loaded.processor, collate_length)
     data = LocalizerDataModule(
         stimuli,
         loaded.processor,
@@ -245,6 +244,9 @@ def record(
         num_workers=num_workers,
         max_length=collate_length,
     )
+    counts = data.token_counts()
+    if counts is not None:
+        columns["n_tokens"] = counts
     kwargs = trainer_kwargs(trainer)
     key = {
         "format_version": 1,
