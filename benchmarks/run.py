@@ -186,6 +186,46 @@ def bench_host(work: Path, args) -> dict:
     }
 
 
+def bench_writer(work: Path, args) -> dict:
+    """The writer path alone: batches of 32 rows x 12 layers x 768 float32 through the segment writer (buffered,
+    committed with fsync and rename) vs a plain h5py write of the same arrays into one file (fsync included)."""
+    import h5py
+
+    from localizer.files.segments import SegmentWriter
+
+    n, batch, layers, units = (4096 if args.quick else 16384), 32, [f"h.{i}" for i in range(12)], 768
+    rng = np.random.default_rng(0)
+    acts = {layer: rng.standard_normal((n, units), dtype=np.float32) for layer in layers}
+    positive = np.arange(n) % 2 == 0
+
+    def ours():
+        w = SegmentWriter(work / "seg" / "part.h5")
+        for r0 in range(0, n, batch):
+            r1 = min(n, r0 + batch)
+            w.append(np.arange(r0, r1), positive[r0:r1], None, {k: v[r0:r1] for k, v in acts.items()})
+        w.commit(layers)
+
+    def plain():
+        with h5py.File(work / "plain.h5", "w") as f:
+            f["index"], f["positive"] = np.arange(n), positive
+            for layer, a in acts.items():
+                f.create_dataset(f"activations/{layer}", data=a)
+        with open(work / "plain.h5", "rb") as fh:
+            os.fsync(fh.fileno())
+
+    t_ours, all_ours, t_plain, all_plain = paired(ours, plain, args.repeats)
+    mb = n * len(layers) * units * 4 / 2**20
+    return {
+        "name": f"writer path: {mb:.0f} MB in batches of {batch} rows x 12 x 768 through the segment writer, "
+        "throughput vs one plain h5py write",
+        "ratio": t_plain / t_ours,
+        "target": ">= 0.7",
+        "ok": t_plain / t_ours >= 0.7,
+        "detail": f"segment writer {t_ours:.2f} s vs plain h5py {t_plain:.2f} s "
+        f"(runs: {fmt(all_ours)} / {fmt(all_plain)})",
+    }
+
+
 def bench_packing(work: Path, args) -> dict:
     """What packing a finished extraction into one self-contained file costs, as a share of the extraction:
     extract with ``layout="virtual"`` (segments + virtual master), then :func:`localizer.files.pack.pack`."""
@@ -530,6 +570,7 @@ def fmt(ts) -> str:
 BENCHMARKS = {
     "extraction": bench_extraction,
     "host": bench_host,
+    "writer": bench_writer,
     "packing": bench_packing,
     "peer": bench_versus_peer,
     "memory": bench_memory,

@@ -1,7 +1,7 @@
 """One pass over float32 activation rows: per-label sums of shifted values and of their squares, in float64.
 
 The offline selection reads every value once and adds ``d = x - K`` and ``d**2`` (and the same for ``|x|``) into
-float64 accumulators per label, with ``K`` a per-unit shift taken from the first row read. With the shift near the
+float64 accumulators per label, with ``K`` per unit and label: the label's first row. With the shift near the
 mean these "shifted data" sums (Chan, Golub & LeVeque 1983) lose no precision when ``|mean| >> std``, unlike plain
 sums of squares: ``mean = K + S1 / n`` and ``M2 = S2 - S1**2 / n``. The loop is a single-threaded numba kernel that
 releases the GIL, so the next chunk is read from HDF5 on the calling thread while this one is added (two threads; a
@@ -22,17 +22,17 @@ BLOCK = 512  # units per block: the block's accumulators stay in cache while eve
 @njit(nogil=True, cache=True, boundscheck=False)
 def _add(x, labels, shift, shift_abs, s1, s2, a1, a2):  # pragma: no cover - compiled
     """Add rows ``x`` ``[B, u]`` (float32) with ``labels`` ``[B]`` (int8; < 0: skipped) into the ``[L, u]``
-    float64 accumulators, shifted by ``shift`` / ``shift_abs`` ``[u]``."""
+    float64 accumulators, shifted by the label's ``shift`` / ``shift_abs`` ``[L, u]``."""
     n_rows, n_units = x.shape
     for block in range((n_units + BLOCK - 1) // BLOCK):
         lo = block * BLOCK
         hi = min(n_units, lo + BLOCK)
-        k_signed, k_abs = shift[lo:hi], shift_abs[lo:hi]
         for b in range(n_rows):
             label = labels[b]
             if label < 0:
                 continue
             row = x[b, lo:hi]
+            k_signed, k_abs = shift[label, lo:hi], shift_abs[label, lo:hi]
             r1, r2, q1, q2 = s1[label, lo:hi], s2[label, lo:hi], a1[label, lo:hi], a2[label, lo:hi]
             for u in range(hi - lo):
                 v = np.float64(row[u])
@@ -54,7 +54,9 @@ class ShiftedSums:
 
     def __init__(self, sizes: list[int], n_labels: int):
         self.n = np.zeros(n_labels, dtype=np.float64)
-        self.shift: list[np.ndarray | None] = [None] * len(sizes)
+        # per layer: the shifts [2 (signed, |x|), L, u], each label's first row; which labels have one yet
+        self.shift = [np.zeros((2, n_labels, u), dtype=np.float64) for u in sizes]
+        self.shifted = [np.zeros(n_labels, dtype=bool) for _ in sizes]
         self.layers = [[np.zeros((n_labels, u), dtype=np.float64) for _ in range(4)] for u in sizes]
 
     def count(self, labels: np.ndarray) -> None:
@@ -65,13 +67,11 @@ class ShiftedSums:
         """Add the rows ``x`` ``[B, u]`` (float32) of layer ``layer``; False if a value is NaN or infinite (the sums
         of the layer are then meaningless)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if self.shift[layer] is None:
-            if not len(x):
-                return True
-            first = x[0].astype(np.float64)
-            self.shift[layer] = np.stack([first, np.abs(first)])
-        shift = self.shift[layer]
-        assert shift is not None
+        shift, shifted = self.shift[layer], self.shifted[layer]
+        for label in np.unique(labels[labels >= 0]):
+            if not shifted[label]:  # each label's first row: near its own mean, so no precision is lost
+                first = x[int(np.argmax(labels == label))].astype(np.float64)
+                shift[0, label], shift[1, label], shifted[label] = first, np.abs(first), True
         s1, s2, a1, a2 = self.layers[layer]
         _add(x, labels, shift[0], shift[1], s1, s2, a1, a2)
         return bool(np.isfinite(s1).all() and np.isfinite(a1).all())
@@ -83,11 +83,10 @@ class ShiftedSums:
         out = {}
         for kind, first in (("signed", 0), ("abs", 2)):
             means, m2s = [], []
-            for shifts, sums in zip(self.shift, self.layers):
+            for shift, sums in zip(self.shift, self.layers):
                 s1, s2 = sums[first], sums[first + 1]
-                shift = 0.0 if shifts is None else shifts[first // 2]
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    means.append(np.where(n > 0, shift + s1 / n, 0.0))
+                    means.append(np.where(n > 0, shift[first // 2] + s1 / n, 0.0))
                     m2s.append(np.where(n > 0, np.maximum(s2 - s1 * s1 / n, 0.0), 0.0))
             out[kind] = Moments(
                 torch.from_numpy(self.n.copy()),

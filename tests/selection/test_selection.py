@@ -23,7 +23,7 @@ def test_t_p_q_match_scipy_with_large_offset(tmp_path, alternative):
     layers, positive = synthetic()
     f = write_activation_file(tmp_path / "a.h5", layers, positive)
     opts = SelectionOptions(alternative=alternative, controls=0)
-    result = select_file(f, tmp_path / "s.h5", opts, chunk_bytes=8 * 150 * 10, log_dir=None)  # 10-row chunks
+    result = select_file(f, tmp_path / "s.h5", opts, chunk_bytes=4 * 150 * 10, log_dir=None)  # 10-row chunks (float32)
     x = np.concatenate([v.astype(np.float32).astype(np.float64) for v in layers.values()], axis=1)
     valid = x.std(0) > 0
     ref = stats.ttest_ind(x[positive][:, valid], x[~positive][:, valid], equal_var=False, alternative=alternative)

@@ -68,3 +68,23 @@ def test_a_nan_is_reported():
     assert not acc.add(x, np.zeros(5, dtype=np.int8), 0)
     x[2, 1] = np.inf
     assert not ShiftedSums([4], 1).add(x, np.zeros(5, dtype=np.int8), 0)
+
+
+def test_a_unit_constant_within_each_class_has_zero_variance_and_far_classes_keep_precision():
+    """Each label is shifted by its own first row: a unit constant within a class gets M2 = 0 exactly (not a
+    rounding residue that Welch would read as a huge t), and a class 1e6 standard deviations from the other keeps
+    its variance to 1e-9."""
+    rng = np.random.default_rng(1)
+    n = 200
+    labels = (np.arange(n) % 2).astype(np.int8)
+    x = np.empty((n, 3), dtype=np.float32)
+    x[:, 0] = np.where(labels == 1, 3.7, -1.3)  # constant within each class
+    x[:, 1] = np.where(labels == 1, 1e4, 0.0) + rng.normal(0, 1e-2, n)  # classes 1e6 sd apart
+    x[:, 2] = rng.normal(size=n)
+    acc = ShiftedSums([3], 2)
+    acc.count(labels)
+    assert acc.add(x, labels, 0)
+    m = acc.moments()["signed"]
+    assert (m.m2.numpy()[:, 0] == 0).all()
+    want = reference(x, labels, 2)["signed"]
+    np.testing.assert_allclose(m.m2.numpy()[:, 1:], want[1][:, 1:], rtol=1e-9)
