@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional
 
 from localizer.distributed import on_rank_zero
 from localizer.errors import LocalizerError, at_least, opt
+from localizer.recording.extract import Dtype
 from localizer.trainer import build_trainer, trainer_kwargs
 
 Task = Literal["classification", "next-token", "minimal-pairs", "agreement"]
@@ -31,7 +32,7 @@ def ablate(
     num_workers: int = 0,
     log_dir: Optional[str] = "lightning_logs",
     trust_remote_code: bool = False,
-    dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
+    dtype: Optional[Dtype] = None,
     trainer: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Rerun a task with the selected units silenced and report metric deltas against random control sets.

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from localizer.errors import LocalizerError, step_options
+from localizer.recording.extract import Dtype
 
 # localizer -> its tasks, as (task name in the results, ablation task, task data)
 TASKS_OF = {
@@ -39,7 +40,7 @@ def dissociate(
     pooling: Optional[str] = None,
     batch_size: int = 16,
     max_length: Optional[int] = None,
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    dtype: Dtype = "float32",
     overwrite: bool = False,
     log_dir: Optional[str] = "lightning_logs",
     select: Optional[dict[str, Any]] = None,
