@@ -186,6 +186,41 @@ def bench_host(work: Path, args) -> dict:
     }
 
 
+def bench_sort_by_length(work: Path, args) -> dict:
+    """--sort_by_length vs dataset order on texts of 4..64 tokens (GPT-2-small shape, 6 blocks, batch 32): the
+    padded tokens the model computes, and the time of the whole extraction."""
+    from localizer.recording.datamodule import LocalizerDataModule
+    from localizer.recording.extract import record as extract
+    from localizer.recording.models import load_model
+
+    n = 512 if args.quick else 2048
+    loaded = load_model(str(gpt2_dir(work, 6, 768)), "text")
+    data = texts(n, lo=4, hi=64)
+
+    def run(sort: bool):
+        extract(loaded, data, work / f"sorted{sort}.h5", layers="h.*", pooling="last", batch_size=32, overwrite=True,
+                sort_by_length=sort, trainer={"accelerator": args.accelerator, "devices": 1,
+                                              "enable_progress_bar": False})  # fmt: skip
+
+    t_sorted, all_sorted, t_plain, all_plain = paired(lambda: run(True), lambda: run(False), args.repeats)
+    dm = LocalizerDataModule(data, loaded.processor, batch_size=32, sort_by_length=True)
+    lengths = np.array(dm.token_counts())
+
+    def padded(order):
+        return sum(lengths[order[i : i + 32]].max() * len(order[i : i + 32]) for i in range(0, n, 32))
+
+    real = lengths.sum()
+    return {
+        "name": f"--sort_by_length vs dataset order (texts of 4-64 tokens, N={n}, batch 32, 6 blocks d=768)",
+        "ratio": t_sorted / t_plain,
+        "target": "report",
+        "ok": None,
+        "detail": f"sorted {t_sorted:.2f} s vs dataset order {t_plain:.2f} s (runs: {fmt(all_sorted)} / "
+        f"{fmt(all_plain)}); tokens computed per real token: {padded(dm.served_rows(1)) / real:.2f} sorted vs "
+        f"{padded(np.arange(n)) / real:.2f}",
+    }
+
+
 def bench_writer(work: Path, args) -> dict:
     """The writer path alone: batches of 32 rows x 12 layers x 768 float32 through the segment writer (buffered,
     committed with fsync and rename) vs a plain h5py write of the same arrays into one file (fsync included)."""
@@ -571,6 +606,7 @@ BENCHMARKS = {
     "extraction": bench_extraction,
     "host": bench_host,
     "writer": bench_writer,
+    "sort": bench_sort_by_length,
     "packing": bench_packing,
     "peer": bench_versus_peer,
     "memory": bench_memory,

@@ -247,3 +247,23 @@ def test_a_failure_on_rank_zero_reaches_every_rank(gpt2_dir, tmp_path, point, wr
     assert any("rank 0 failed: OSError" in line for line in errors), errors  # what rank 1 heard
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == written
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_two_processes_batched_by_length_write_the_one_process_file(gpt2_dir, tmp_path):
+    """--sort_by_length under DDP: each rank serves its usual rows sorted by length, and the packed file equals the
+    1-process file recorded in dataset order."""
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(41, seed=9))
+    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch_size", 3, "--pooling", "mean",
+              "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    one = run_cli(*common, "--out", tmp_path / "one.h5", "--trainer.devices", 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_cli(*common, "--out", tmp_path / "two.h5", "--sort_by_length", "--trainer.devices", 2,
+                  "--trainer.strategy", "ddp")  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = file_contents(tmp_path / "one.h5"), file_contents(tmp_path / "two.h5")
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name != "attrs" and a[name].dtype.kind == "f":
+            np.testing.assert_allclose(b[name], a[name], atol=1e-6, rtol=0, err_msg=name)
+        elif name != "attrs":
+            np.testing.assert_array_equal(b[name], a[name], err_msg=name)

@@ -49,6 +49,9 @@ def require_space(folder: Path, nbytes: float, what: str) -> None:
         )
 
 
+BUFFER_BYTES = 8 << 20  # rows held before one HDF5 write per dataset
+
+
 class SegmentWriter:
     """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
 
@@ -61,7 +64,7 @@ class SegmentWriter:
         path: Path,
         chunk_bytes: int = 1 << 18,
         max_bytes: float = float("inf"),
-        buffer_bytes: int = 8 << 20,
+        buffer_bytes: float = BUFFER_BYTES,
         units: dict[str, int] | None = None,
     ):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,12 +117,16 @@ class SegmentWriter:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         n = self.file["index"].shape[0]
         index = np.concatenate([p[0] for p in pending])
+        order = np.argsort(index, kind="stable")  # rows batched by length go back to dataset order
+        ordered = bool((np.diff(index) > 0).all())
+        take = (lambda a: a) if ordered else (lambda a: a[order])
+        index = take(index)
         b = len(index)
-        columns = {"index": index, "positive": np.concatenate([p[1] for p in pending])}
+        columns = {"index": index, "positive": take(np.concatenate([p[1] for p in pending]))}
         if pending[0][2] is not None:
             if "split" not in self.file:
                 self.file.create_dataset("split", (n,), maxshape=(None,), dtype=STRING, chunks=(4096,))
-            columns["split"] = np.asarray([s for p in pending for s in p[2]], dtype=object)
+            columns["split"] = take(np.asarray([s for p in pending for s in p[2]], dtype=object))
         for name, value in columns.items():
             ds = self.file[name]
             ds.resize((n + b,))
@@ -135,7 +142,7 @@ class SegmentWriter:
                 )
             ds = self.group[layer]
             ds.resize((n + b, self.units[layer]))
-            ds[n:] = np.concatenate([p[3][layer] for p in pending])
+            ds[n:] = take(np.concatenate([p[3][layer] for p in pending]))
         self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
 
     def commit(self, layers: list[str], before_rename=None) -> Path:

@@ -19,7 +19,7 @@ from localizer.distributed import failpoint, on_rank_zero
 from localizer.errors import LocalizerError, opt
 from localizer.files.activations import segment_dir, write_master
 from localizer.files.resume import RunLock, check_segment_folder, plan_resume, read_manifest
-from localizer.files.segments import SegmentWriter
+from localizer.files.segments import BUFFER_BYTES, SegmentWriter
 
 NAN_POLICIES = ("error", "allow")
 LAYOUTS = ("single", "virtual")
@@ -77,6 +77,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         layout: str = "single",
         stimulus: list[str] | None = None,
         columns: dict[str, Any] | None = None,
+        window_rows: int | None = None,
     ):
         super().__init__(write_interval="batch")
         if layout not in LAYOUTS:
@@ -97,6 +98,8 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self.layout = layout
         self.columns = {**({} if stimulus is None else {"stimulus": stimulus}), **(columns or {})}
         self._segment: SegmentWriter | None = None
+        self.window_rows = window_rows  # rows served batched by length: written (and committed) a window at a time
+        self._served = 0
         self._seq = self._attempt = 0
         self._done: np.ndarray | None = None
         self._first_nonfinite: tuple[str, int] | None = None  # (layer, stimulus), under "allow"
@@ -133,7 +136,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
             self._ppid = self._launcher_pid  # Lightning's rank 0, torchrun or srun: if it dies, stop
         self._attempt, done, units = plan
         self._units = dict(units)
-        self._seq = 0
+        self._seq = self._served = 0
         self._first_nonfinite, self._nonfinite_rows = None, 0
         self._done = None
         if len(done):
@@ -155,6 +158,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
                 f"(committed segments are kept; rerun the command to resume)"
             )
         index = batch["index"].cpu().numpy().astype(np.int64)
+        self._served += len(index)
         acts = _to_numpy(prediction)
         positive, split = batch["positive"].cpu().numpy(), batch.get("split")
         if self._done is not None:
@@ -168,8 +172,15 @@ class HDF5ActivationWriter(BasePredictionWriter):
         self._check_finite(index, acts)
         if self._segment is None:
             name = f"part-{self._attempt:04d}-{trainer.global_rank:05d}-{self._seq:06d}.h5"
-            self._segment = SegmentWriter(segment_dir(self.out) / name, max_bytes=self.segment_bytes, units=self._units)
+            buffer = BUFFER_BYTES if self.window_rows is None else float("inf")  # (by length: flushed per window)
+            self._segment = SegmentWriter(
+                segment_dir(self.out) / name, max_bytes=self.segment_bytes, units=self._units, buffer_bytes=buffer
+            )
         self._segment.append(index, positive, split, acts)
+        if self.window_rows is not None:
+            if self._served % self.window_rows:
+                return  # mid-window: its rows are written together, back in dataset order
+            self._segment.flush()
         if (
             self._segment.nbytes >= self.segment_bytes
             or time.monotonic() - self._segment.started >= self.segment_seconds

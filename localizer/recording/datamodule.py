@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -205,6 +206,9 @@ class LocalizerDataModule(L.LightningDataModule):
         batch_size: stimuli per batch.
         num_workers: DataLoader worker processes.
         max_length: truncate texts to this many tokens (None: no truncation).
+        sort_by_length: batch texts of similar token length together (less padding): within windows of
+            ``window_batches`` batches of each rank's rows, longest first. The writer puts the rows of a window
+            back in dataset order, so the file is the same.
     """
 
     def __init__(
@@ -215,6 +219,8 @@ class LocalizerDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         max_length: int | None = None,
+        sort_by_length: bool = False,
+        window_batches: int = 16,
     ):
         super().__init__()
         if batch_size < 1:
@@ -224,6 +230,8 @@ class LocalizerDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.collate = Collate(self.kind, None if transform is not None else processor, transform, max_length)
         self.indices = None
+        self.sort_by_length = sort_by_length and self.kind == "text"
+        self.window_rows = batch_size * window_batches  # rows sorted together (and written together, in order)
         self.tokens = None  # text: every stimulus tokenized once here, not batch by batch in the loop
         if self.kind == "text" and processor is not None:
             self.tokens = tokenize(stimuli["text"], processor, max_length)
@@ -236,9 +244,26 @@ class LocalizerDataModule(L.LightningDataModule):
         """Serve only these dataset rows (int ``[M]``, ascending) — what a resumed extraction still needs."""
         self.indices = indices
 
+    def served_rows(self, world: int) -> np.ndarray | None:
+        """The dataset rows in the order the loader serves them: None for dataset order; with ``sort_by_length``,
+        each rank's usual rows (positions ``r::world``) in windows of :attr:`window_rows`, longest first within a
+        window (stable), interleaved so that Lightning's strided sampler hands rank ``r`` exactly those."""
+        if not self.sort_by_length or self.tokens is None:
+            return None
+        rows = np.arange(len(self.stimuli)) if self.indices is None else np.asarray(self.indices, dtype=np.int64)
+        lengths = np.asarray(self.token_counts())[rows]
+        order = np.empty(len(rows), dtype=np.int64)
+        for r in range(world):
+            mine = np.arange(r, len(rows), world)
+            windows = [mine[i : i + self.window_rows] for i in range(0, len(mine), self.window_rows)]
+            order[r::world] = np.concatenate([w[np.argsort(-lengths[w], kind="stable")] for w in windows] or [mine])
+        return rows[order]
+
     def predict_dataloader(self) -> DataLoader:
+        world = int(getattr(self.trainer, "world_size", 1) or 1) if self.trainer is not None else 1
+        served = self.served_rows(world)
         return DataLoader(
-            IndexedRows(self.stimuli, indices=self.indices, extra=self.tokens),
+            IndexedRows(self.stimuli, indices=self.indices if served is None else served, extra=self.tokens),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,

@@ -30,6 +30,7 @@ def extract(
     padding_side: Literal["right", "left"] = "right",
     max_length: Optional[int] = None,
     lowercase: bool = False,
+    sort_by_length: bool = False,
     num_workers: int = 0,
     overwrite: bool = False,
     resume: bool = False,
@@ -73,6 +74,7 @@ def extract(
         padding_side: pad texts on the right or the left (results do not depend on it).
         max_length: truncate texts to this many tokens, special tokens included.
         lowercase: lower-case every text stimulus before tokenizing (as AlKhamissi et al.).
+        sort_by_length: batch texts of similar token length together (less padding); the file is the same.
         num_workers: DataLoader worker processes.
         overwrite: replace an existing out (and discard a partial extraction into it).
         resume: continue a killed extraction (also done without this when the settings match); an error if there
@@ -105,6 +107,7 @@ def extract(
         padding_side=padding_side,
         max_length=max_length,
         lowercase=lowercase,
+        sort_by_length=sort_by_length,
         num_workers=num_workers,
         overwrite=overwrite,
         resume=resume,
@@ -137,6 +140,7 @@ def record(
     padding_side: str = "right",
     max_length: int | None = None,
     lowercase: bool = False,
+    sort_by_length: bool = False,
     num_workers: int = 0,
     overwrite: bool = False,
     resume: bool = False,
@@ -210,8 +214,9 @@ def record(
     else:
         stimuli = validate_stimuli(stimuli)
     kind = modality(stimuli)
-    if lowercase and kind != "text":
-        raise LocalizerError(f"{opt('lowercase', True)} applies to text stimuli; these are images")
+    for name, value in (("lowercase", lowercase), ("sort_by_length", sort_by_length)):
+        if value and kind != "text":
+            raise LocalizerError(f"{opt(name, True)} applies to text stimuli; these are images")
     loaded = (
         model
         if isinstance(model, LoadedModel)
@@ -243,6 +248,7 @@ def record(
         batch_size=batch_size,
         num_workers=num_workers,
         max_length=collate_length,
+        sort_by_length=sort_by_length,
     )
     counts = data.token_counts()
     if counts is not None:
@@ -288,6 +294,7 @@ def record(
         layout=layout,
         stimulus=stimulus_labels(stimuli, provenance.get("stimuli")),
         columns=columns,
+        window_rows=data.window_rows if data.sort_by_length else None,
     )
     kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + [writer]
     if prior:
