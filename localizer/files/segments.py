@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -56,7 +57,9 @@ class SegmentWriter:
     """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
 
     Rows are buffered up to ``buffer_bytes`` and written with one HDF5 call per dataset (per-batch HDF5 calls cost
-    more than a GPU forward pass); nothing else is kept in memory beyond HDF5's chunk cache.
+    more than a GPU forward pass), on a background thread while the next rows come (h5py releases the GIL while
+    writing): at most one buffer is being written while another fills. A write's error is raised in the caller's
+    thread at the next :meth:`append`, :meth:`flush` or :meth:`commit`; :meth:`commit` waits for every write.
     """
 
     def __init__(
@@ -81,6 +84,8 @@ class SegmentWriter:
         self.units: dict[str, int] = {} if units is None else units  # shared by a run's segments
         self._pending: list[tuple] = []
         self._pending_bytes = 0
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="localizer-segment")
+        self._writing: Future | None = None  # the buffer being written (at most one)
 
     def append(
         self, index: np.ndarray, positive: np.ndarray, split: list[str] | None, acts: dict[str, np.ndarray]
@@ -107,14 +112,30 @@ class SegmentWriter:
         self._pending_bytes += size
         self.rows += len(index)
         if self._pending_bytes >= self.buffer_bytes:
-            self.flush()
+            self._write_behind()
+
+    def _wait(self) -> None:
+        """Wait for the buffer being written; its error, if any, is raised here."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
+
+    def _write_behind(self) -> None:
+        """Hand the buffered rows to the writer thread (after the previous buffer is written)."""
+        self._wait()
+        if self._pending:
+            pending, size = self._pending, self._pending_bytes
+            self._pending, self._pending_bytes = [], 0
+            self._writing = self._worker.submit(self._write, pending, size)
 
     def flush(self) -> None:
-        """Write the buffered rows: one resize and one write per dataset."""
-        if not self._pending:
-            return
-        require_space(self.tmp.parent, 1.1 * self._pending_bytes + 64 * len(self._pending) + (64 << 10), "a segment")
-        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        """Write every buffered row now (and wait for the writer thread)."""
+        self._write_behind()
+        self._wait()
+
+    def _write(self, pending: list[tuple], size: int) -> None:
+        """One resize and one write per dataset (on the writer thread)."""
+        require_space(self.tmp.parent, 1.1 * size + 64 * len(pending) + (64 << 10), "a segment")
         n = self.file["index"].shape[0]
         index = np.concatenate([p[0] for p in pending])
         order = np.argsort(index, kind="stable")  # rows batched by length go back to dataset order
@@ -151,6 +172,7 @@ class SegmentWriter:
         ``before_rename()`` runs with the closed file still under its ``.part`` name (it may refuse by raising).
         """
         self.flush()
+        self._worker.shutdown()
         self.file.attrs["layers"] = json.dumps(layers)
         self.file.attrs["n_rows"] = self.rows
         self.file.attrs["complete"] = True
@@ -166,6 +188,11 @@ class SegmentWriter:
     def discard(self) -> None:
         """Drop the open segment (an error, not a crash): close it whatever state it is in, delete it."""
         self._pending = []
+        try:
+            self._wait()
+        except BaseException:  # the write that failed is why we discard
+            pass
+        self._worker.shutdown()
         try:
             self.file.close()
         except Exception:  # a failed write can leave HDF5 unable to flush; the file is deleted anyway
