@@ -168,7 +168,7 @@ def run_ablation(
         )
     conditions = build_conditions(sel, method, kinds, n_controls, sweep)
     if kind == "text" and loaded.processor is not None:
-        texts = list(data["good"]) + list(data["bad"]) if task == "minimal-pairs" else list(data["text"])
+        texts = data["good"][:] + data["bad"][:] if task == "minimal-pairs" else data["text"][:]
         max_length = fit_texts(texts, loaded.processor, max_length, loaded.max_positions, "task data")
     the_task = make_task(task, data, loaded.processor, loaded.transform, max_length)
     module = AblationModule(loaded.model, the_task, conditions, str(attrs["pooling"]), kind)
@@ -237,7 +237,7 @@ def check_task(loaded, task: str, data, max_length: int | None) -> None:
 
         from localizer.recording.datamodule import fit_texts
 
-        texts = list(first["good"]) + list(first["bad"]) if task == "minimal-pairs" else list(first["text"])
+        texts = first["good"][:] + first["bad"][:] if task == "minimal-pairs" else first["text"][:]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             max_length = fit_texts(texts, loaded.processor, max_length, loaded.max_positions, "task data")

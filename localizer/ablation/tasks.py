@@ -271,7 +271,7 @@ def validate_task_data(ds, task: str, name: str = "task data"):
     if task == "next-token" and kinds[0] != "text":
         raise LocalizerError(f"{name}: task next-token needs a 'text' column")
     if kinds[0] == "text":
-        for i, t in enumerate(ds["text"]):
+        for i, t in enumerate(ds["text"][:]):
             if not isinstance(t, str) or not t.strip():
                 raise LocalizerError(f"{name}: row {i} has an empty or non-string text")
     if task == "classification":

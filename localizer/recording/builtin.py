@@ -67,7 +67,7 @@ def match_token_lengths(ds, tokenizer):
     sentence (about 5 for 12 tokens). Rows alternate sentence, non-word string, as in ``language.jsonl``."""
     from localizer.recording.datamodule import token_lengths
 
-    texts = list(ds["text"])
+    texts = ds["text"][:]
     out = list(texts)
     candidates = [_spans(t) for t in texts[1::2]]
     lengths = token_lengths([c for cs in candidates for c in cs], tokenizer, None)

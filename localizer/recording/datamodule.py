@@ -41,7 +41,7 @@ class IndexedRows(Dataset):
     ):
         self.rows, self.indices = rows, None if indices is None else [int(i) for i in indices]
         self.columns = [c for c in columns if c in rows.column_names]
-        self.lists = None if "image" in rows.column_names else {c: rows[c] for c in self.columns}
+        self.lists = None if "image" in rows.column_names else {c: rows[c][:] for c in self.columns}
         self.extra = extra or {}
 
     def __len__(self) -> int:
@@ -72,23 +72,24 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 def pad(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
     """Pre-tokenized rows → ``[B, T]`` tensors padded on the tokenizer's side, as ``tokenizer(texts, padding=True)``
     gives them: ``pad_token_id`` for ids, 0 for the attention mask, ``pad_token_type_id`` for token types."""
-    width = max(len(r["input_ids"]) for r in rows)
+    from itertools import chain
+
+    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
+    width = int(lengths.max())
+    columns = np.arange(width)
+    if tokenizer.padding_side == "left":
+        real = columns >= (width - lengths)[:, None]
+    else:
+        real = columns < lengths[:, None]
     fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
             "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}  # fmt: skip
-    left = tokenizer.padding_side == "left"
     out = {}
     for key in TOKEN_KEYS:
         if key not in rows[0]:
             continue
-        t = torch.full((len(rows), width), fill[key], dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids = r[key]
-            if ids:
-                if left:
-                    t[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                else:
-                    t[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        out[key] = t
+        t = np.full((len(rows), width), fill[key], dtype=np.int64)
+        t[real] = np.fromiter(chain.from_iterable(r[key] for r in rows), dtype=np.int64, count=int(lengths.sum()))
+        out[key] = torch.from_numpy(t)
     return out
 
 
@@ -234,7 +235,7 @@ class LocalizerDataModule(L.LightningDataModule):
         self.window_rows = batch_size * window_batches  # rows sorted together (and written together, in order)
         self.tokens = None  # text: every stimulus tokenized once here, not batch by batch in the loop
         if self.kind == "text" and processor is not None:
-            self.tokens = tokenize(stimuli["text"], processor, max_length)
+            self.tokens = tokenize(stimuli["text"][:], processor, max_length)
 
     def token_counts(self) -> list[int] | None:
         """``[N]`` tokens per text stimulus as the model gets them (None for images)."""

@@ -240,7 +240,7 @@ def record(
     collate_length = max_length
     columns = {}
     if kind == "text" and loaded.processor is not None:
-        collate_length = fit_texts(stimuli["text"], loaded.processor, max_length, loaded.max_positions, "stimulus")
+        collate_length = fit_texts(stimuli["text"][:], loaded.processor, max_length, loaded.max_positions, "stimulus")
     data = LocalizerDataModule(
         stimuli,
         loaded.processor,

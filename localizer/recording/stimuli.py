@@ -74,7 +74,7 @@ def validate_stimuli(ds: datasets.Dataset, name: str = "stimuli") -> datasets.Da
         raise LocalizerError(
             f"{name}: column 'positive' must be bool (true/false), got {getattr(feature, 'dtype', feature)}"
         )
-    positive = ds["positive"]
+    positive = ds["positive"][:]  # a list (a datasets Column is read item by item)
     if any(p is None for p in positive):
         raise LocalizerError(f"{name}: column 'positive' has missing values")
     n_pos = sum(positive)
@@ -82,11 +82,11 @@ def validate_stimuli(ds: datasets.Dataset, name: str = "stimuli") -> datasets.Da
         which = "control (positive=false)" if n_pos else "positive (positive=true)"
         raise LocalizerError(f"{name}: only one class present; add {which} stimuli")
     if "split" in columns:
-        bad = sorted({s for s in ds["split"] if s not in SPLITS}, key=str)
+        bad = sorted({s for s in ds["split"][:] if s not in SPLITS}, key=str)
         if bad:
             raise LocalizerError(f"{name}: column 'split' may only hold {list(SPLITS)}, found {bad[:5]}")
     if kinds[0] == "text":
-        texts = ds["text"]
+        texts = ds["text"][:]
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise LocalizerError(f"{name}: stimulus {i} has an empty or non-string text ({t!r})")
@@ -115,7 +115,7 @@ def stimulus_labels(ds: datasets.Dataset, source: str | None = None) -> list[str
     """What each row shows, as ``[N]`` strings: the text, an image's file path, or ``<source>#<row>`` for an image
     held as bytes (no path)."""
     if modality(ds) == "text":
-        return [str(t) for t in ds["text"]]
+        return [str(t) for t in ds["text"][:]]
     import datasets
 
     paths = ds.cast_column("image", datasets.Image(decode=False))["image"]
