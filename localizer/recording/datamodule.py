@@ -61,8 +61,9 @@ class IndexedRows(Dataset):
 
 def tokenize(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[str, list[list[int]]]:
     """Every text tokenized once, ahead of the batches, as the collation would (special tokens included, truncated
-    to ``max_length``): ``{"input_ids": [N][T_i], "attention_mask": ..., ("token_type_ids": ...)}``, unpadded."""
-    enc = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)
+    to ``max_length``): ``{"input_ids": [N][T_i], ("token_type_ids": ...)}``, unpadded (the attention mask is
+    made when padding)."""
+    enc = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length, return_attention_mask=False)
     return {k: list(enc[k]) for k in TOKEN_KEYS if k in enc}
 
 
@@ -81,10 +82,9 @@ def pad(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
         real = columns >= (width - lengths)[:, None]
     else:
         real = columns < lengths[:, None]
-    fill = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
-            "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}  # fmt: skip
-    out = {}
-    for key in TOKEN_KEYS:
+    fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
+    out = {"attention_mask": torch.from_numpy(real.astype(np.int64))}
+    for key in ("input_ids", "token_type_ids"):
         if key not in rows[0]:
             continue
         t = np.full((len(rows), width), fill[key], dtype=np.int64)
@@ -125,12 +125,21 @@ def _chw(value: Any, index: int) -> torch.Tensor:
     return x
 
 
-def fit_texts(texts: list[str], tokenizer: Any, max_length: int | None, limit: int | None, what: str) -> int | None:
+def fit_texts(
+    texts: list[str],
+    tokenizer: Any,
+    max_length: int | None,
+    limit: int | None,
+    what: str,
+    lengths: list[int] | None = None,
+) -> int | None:
     """Tokenize every text once, as the collation will (special tokens included): refuse a text without any token,
     and return the ``max_length`` to collate with — the one given, or the model's position ``limit`` when some texts
-    are longer than the model takes (they are truncated to it, with one warning saying how many)."""
+    are longer than the model takes (they are truncated to it, with one warning saying how many). ``lengths``: the
+    untruncated token counts, when the caller has them already."""
     texts = list(texts)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+    if lengths is None:
+        lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
     empty = next((i for i, n in enumerate(lengths) if n == 0), None)
     if empty is not None:
         raise LocalizerError(f"{what} {empty} ({texts[empty]!r}) has no tokens for this tokenizer; remove or fix it")
@@ -210,6 +219,7 @@ class LocalizerDataModule(L.LightningDataModule):
         sort_by_length: batch texts of similar token length together (less padding): within windows of
             ``window_batches`` batches of each rank's rows, longest first. The writer puts the rows of a window
             back in dataset order, so the file is the same.
+        tokens: the texts already tokenized as :func:`tokenize` gives them (with this ``max_length``).
     """
 
     def __init__(
@@ -222,6 +232,7 @@ class LocalizerDataModule(L.LightningDataModule):
         max_length: int | None = None,
         sort_by_length: bool = False,
         window_batches: int = 16,
+        tokens: dict[str, list[list[int]]] | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -235,7 +246,7 @@ class LocalizerDataModule(L.LightningDataModule):
         self.window_rows = batch_size * window_batches  # rows sorted together (and written together, in order)
         self.tokens = None  # text: every stimulus tokenized once here, not batch by batch in the loop
         if self.kind == "text" and processor is not None:
-            self.tokens = tokenize(stimuli["text"][:], processor, max_length)
+            self.tokens = tokens if tokens is not None else tokenize(stimuli["text"][:], processor, max_length)
 
     def token_counts(self) -> list[int] | None:
         """``[N]`` tokens per text stimulus as the model gets them (None for images)."""

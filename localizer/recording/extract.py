@@ -167,7 +167,7 @@ def record(
     from localizer.files.writer import LAYOUTS, NAN_POLICIES, HDF5ActivationWriter
     from localizer.recording.builtin import POOLING as BUILTIN_POOLING
     from localizer.recording.builtin import builtin_name, for_model
-    from localizer.recording.datamodule import LocalizerDataModule, fit_texts
+    from localizer.recording.datamodule import LocalizerDataModule, fit_texts, tokenize
     from localizer.recording.models import LoadedModel, dtype_name, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, stimulus_labels, validate_stimuli
@@ -239,8 +239,17 @@ def record(
     )
     collate_length = max_length
     columns = {}
+    tokens = None
     if kind == "text" and loaded.processor is not None:
-        collate_length = fit_texts(stimuli["text"][:], loaded.processor, max_length, loaded.max_positions, "stimulus")
+        texts = stimuli["text"][:]
+        tokens = tokenize(texts, loaded.processor, max_length)  # once; reused unless the model needs them shorter
+        counts = [len(ids) for ids in tokens["input_ids"]]
+        limit = loaded.max_positions
+        collate_length = fit_texts(
+            texts, loaded.processor, max_length, limit, "stimulus", None if max_length else counts
+        )
+        if collate_length != max_length:
+            tokens = None
     data = LocalizerDataModule(
         stimuli,
         loaded.processor,
@@ -249,10 +258,11 @@ def record(
         num_workers=num_workers,
         max_length=collate_length,
         sort_by_length=sort_by_length,
+        tokens=tokens,
     )
-    counts = data.token_counts()
-    if counts is not None:
-        columns["n_tokens"] = counts
+    recorded_counts = data.token_counts()  # as the model gets them (truncated)
+    if recorded_counts is not None:
+        columns["n_tokens"] = recorded_counts
     kwargs = trainer_kwargs(trainer)
     key = {
         "format_version": 1,
