@@ -20,9 +20,10 @@ BLOCK = 512  # units per block: the block's accumulators stay in cache while eve
 
 
 @njit(nogil=True, cache=True, boundscheck=False)
-def _add(x, labels, shift, shift_abs, s1, s2, a1, a2):  # pragma: no cover - compiled
+def _add(x, labels, shift, shift_abs, s1, s2, a1, a2, squares):  # pragma: no cover - compiled
     """Add rows ``x`` ``[B, u]`` (float32) with ``labels`` ``[B]`` (int8; < 0: skipped) into the ``[L, u]``
-    float64 accumulators, shifted by the label's ``shift`` / ``shift_abs`` ``[L, u]``."""
+    float64 accumulators, shifted by the label's ``shift`` / ``shift_abs`` ``[L, u]``; ``squares``: 0 both, 1 only
+    the signed values' squares, 2 only |x|'s."""
     n_rows, n_units = x.shape
     for block in range((n_units + BLOCK - 1) // BLOCK):
         lo = block * BLOCK
@@ -34,14 +35,29 @@ def _add(x, labels, shift, shift_abs, s1, s2, a1, a2):  # pragma: no cover - com
             row = x[b, lo:hi]
             k_signed, k_abs = shift[label, lo:hi], shift_abs[label, lo:hi]
             r1, r2, q1, q2 = s1[label, lo:hi], s2[label, lo:hi], a1[label, lo:hi], a2[label, lo:hi]
-            for u in range(hi - lo):
-                v = np.float64(row[u])
-                d = v - k_signed[u]
-                r1[u] += d
-                r2[u] += d * d
-                a = abs(v) - k_abs[u]
-                q1[u] += a
-                q2[u] += a * a
+            if squares == 1:
+                for u in range(hi - lo):
+                    v = np.float64(row[u])
+                    d = v - k_signed[u]
+                    r1[u] += d
+                    r2[u] += d * d
+                    q1[u] += abs(v) - k_abs[u]
+            elif squares == 2:
+                for u in range(hi - lo):
+                    v = np.float64(row[u])
+                    r1[u] += v - k_signed[u]
+                    a = abs(v) - k_abs[u]
+                    q1[u] += a
+                    q2[u] += a * a
+            else:
+                for u in range(hi - lo):
+                    v = np.float64(row[u])
+                    d = v - k_signed[u]
+                    r1[u] += d
+                    r2[u] += d * d
+                    a = abs(v) - k_abs[u]
+                    q1[u] += a
+                    q2[u] += a * a
 
 
 class ShiftedSums:
@@ -50,9 +66,11 @@ class ShiftedSums:
     Args:
         sizes: units per layer (``U`` = their sum).
         n_labels: ``L``.
+        squares: ``both``, or only ``signed`` / ``abs``: the other kind's ``m2`` is then zero (its means are kept).
     """
 
-    def __init__(self, sizes: list[int], n_labels: int):
+    def __init__(self, sizes: list[int], n_labels: int, squares: str = "both"):
+        self.squares = {"both": 0, "signed": 1, "abs": 2}[squares]  # whose M2 is needed (the tested values')
         self.n = np.zeros(n_labels, dtype=np.float64)
         # per layer: the shifts [2 (signed, |x|), L, u], each label's first row; which labels have one yet
         self.shift = [np.zeros((2, n_labels, u), dtype=np.float64) for u in sizes]
@@ -73,7 +91,7 @@ class ShiftedSums:
                 first = x[int(np.argmax(labels == label))].astype(np.float64)
                 shift[0, label], shift[1, label], shifted[label] = first, np.abs(first), True
         s1, s2, a1, a2 = self.layers[layer]
-        _add(x, labels, shift[0], shift[1], s1, s2, a1, a2)
+        _add(x, labels, shift[0], shift[1], s1, s2, a1, a2, self.squares)
         return bool(np.isfinite(s1).all() and np.isfinite(a1).all())
 
     def moments(self) -> dict[str, Moments]:
