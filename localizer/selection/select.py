@@ -61,7 +61,7 @@ def select_file(
     activations: str | os.PathLike,
     out: str | os.PathLike,
     options: SelectionOptions | None = None,
-    chunk_bytes: int = 8 << 20,
+    chunk_bytes: int = 16 << 20,
     log_dir: str | os.PathLike | None = "lightning_logs",
     png_dir: str | os.PathLike | None = None,
     log_name: str | None = None,
