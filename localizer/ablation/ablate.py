@@ -227,8 +227,8 @@ def check_task(loaded, task: str, data, max_length: int | None) -> None:
     import torch
 
     from localizer.ablation.tasks import make_task
+    from localizer.recording.calling import ModelCaller
     from localizer.recording.datamodule import IndexedRows
-    from localizer.recording.models import ModelCaller
 
     kind = "text" if ("text" in data.column_names or task == "minimal-pairs") else "image"
     first = data.select(range(min(2, len(data))))

@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from localizer.ablation.masking import silence, unit_edits
 from localizer.ablation.tasks import SumStates, Task
 from localizer.errors import LocalizerError, opt
+from localizer.recording.calling import ModelCaller
 from localizer.recording.datamodule import IndexedRows
-from localizer.recording.models import ModelCaller
 from localizer.selection.options import SelectionOptions
 from localizer.selection.result import Selection
 from localizer.selection.rules import draw_controls, select_units

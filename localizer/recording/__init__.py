@@ -16,7 +16,7 @@ _NAMES = {
     "Collate": "localizer.recording.datamodule",
     "IndexedRows": "localizer.recording.datamodule",
     "LoadedModel": "localizer.recording.models",
-    "ModelCaller": "localizer.recording.models",
+    "ModelCaller": "localizer.recording.calling",
     "load_model": "localizer.recording.models",
     "load_stimuli": "localizer.recording.stimuli",
     "validate_stimuli": "localizer.recording.stimuli",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -362,59 +361,3 @@ def _tokenizer(name: str, padding_side: str, trust_remote_code: bool):
         tok.pad_token = tok.eos_token  # pads are masked out; the token itself never matters
     tok.padding_side = padding_side
     return tok
-
-
-def forward_accepts(model: nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` takes a keyword ``name`` (or ``**kwargs``)."""
-    try:
-        params = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params
-
-
-class ModelCaller:
-    """Calls a model on a batch from :mod:`localizer.recording.datamodule` (or a task's collation) the same way
-    everywhere.
-
-    Hugging Face text models get ``input_ids``/``attention_mask`` (and ``token_type_ids``), ``position_ids`` derived
-    from the attention mask (so left padding matches unpadded inputs for absolute position embeddings; skipped for
-    the RoBERTa family, which derives positions from the input ids itself) and ``use_cache=False``. Image models get
-    ``pixel_values``. Plain modules get the main input positionally (plus ``attention_mask`` if their forward takes it).
-
-    Args:
-        model: the network.
-        modality: ``"text"`` or ``"image"``.
-    """
-
-    INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
-
-    def __init__(self, model: nn.Module, modality: str):
-        self.model, self.modality = model, modality
-        self.is_hf = type(model).__module__.startswith("transformers.")
-        self.position_ids = (
-            self.is_hf
-            and modality == "text"
-            and forward_accepts(model, "position_ids")
-            and not hasattr(sys.modules.get(type(model).__module__), "create_position_ids_from_input_ids")
-        )
-        self.no_cache = self.is_hf and forward_accepts(model, "use_cache")
-        self.takes_mask = forward_accepts(model, "attention_mask")
-
-    def __call__(self, batch: dict[str, Any]) -> Any:
-        inputs = {k: batch[k] for k in self.INPUT_KEYS if k in batch}
-        if self.modality == "image":
-            pixels = inputs["pixel_values"]
-            weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
-            if weight is not None and pixels.dtype != weight.dtype:  # a model loaded in bfloat16/float16
-                pixels = pixels.to(weight.dtype)
-            return self.model(pixel_values=pixels) if self.is_hf else self.model(pixels)
-        if not self.is_hf:
-            if "attention_mask" in inputs and self.takes_mask:
-                return self.model(inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            return self.model(inputs["input_ids"])
-        if self.position_ids and "attention_mask" in inputs:
-            inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-        if self.no_cache:
-            inputs["use_cache"] = False
-        return self.model(**inputs)

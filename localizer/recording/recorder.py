@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from localizer.errors import LocalizerError
+from localizer.recording.calling import ModelCaller
 from localizer.recording.hooks import StopForward, trace
 from localizer.recording.layers import POOLINGS, pool, resolve_layers
-from localizer.recording.models import ModelCaller
 
 ALLOWED_POOLINGS = {"text": ("last", "mean"), "image": ("channel", "flat", "mean")}
 DEFAULT_POOLING = {"text": "last", "image": "channel"}
