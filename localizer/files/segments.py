@@ -50,7 +50,7 @@ def require_space(folder: Path, nbytes: float, what: str) -> None:
         )
 
 
-BUFFER_BYTES = 8 << 20  # rows held before one HDF5 write per dataset
+BUFFER_BYTES = 32 << 20  # rows held before one HDF5 write per dataset (one such block may be in flight too)
 
 
 class SegmentWriter:
@@ -74,7 +74,7 @@ class SegmentWriter:
         self.path, self.chunk_bytes, self.max_bytes, self.buffer_bytes = path, chunk_bytes, max_bytes, buffer_bytes
         self.tmp = path.with_name(path.name + ".part")
         require_space(path.parent, 64 << 10, "a segment")
-        self.file = h5py.File(self.tmp, "w", rdcc_nbytes=4 << 20)
+        self.file = h5py.File(self.tmp, "w", rdcc_nbytes=0)
         self.file.attrs["complete"] = False
         self.rows = self.nbytes = 0
         self.started = time.monotonic()
