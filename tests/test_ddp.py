@@ -257,10 +257,21 @@ def test_two_processes_batched_by_length_write_the_one_process_file(gpt2_dir, tm
               "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     one = run_cli(*common, "--out", tmp_path / "one.h5", "--trainer.devices", 1)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cli(*common, "--out", tmp_path / "two.h5", "--sort_by_length", "--trainer.devices", 2,
-                  "--trainer.strategy", "ddp")  # fmt: skip
+    two = run_cli(*common, "--out", tmp_path / "two.h5", "--sort-by-length", "--layout", "virtual",
+                  "--trainer.devices", 2, "--trainer.strategy", "ddp")  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
-    a, b = file_contents(tmp_path / "one.h5"), file_contents(tmp_path / "two.h5")
+    segments = sorted((tmp_path / "two.h5.shards").glob("part-*.h5"))
+    ranks = set()
+    for segment in segments:  # each rank recorded its usual rows r, r+2, ... and wrote them in dataset order
+        with h5py.File(segment) as f:
+            index = f["index"][:]
+        rank = int(segment.name.split("-")[2])
+        ranks.add(rank)
+        assert (index % 2 == rank).all() and (np.diff(index) == 2).all(), (segment.name, index)
+    assert ranks == {0, 1}
+    packed = run_cli("pack", tmp_path / "two.h5", "--out", tmp_path / "two_packed.h5")
+    assert packed.returncode == 0, packed.stderr[-3000:]
+    a, b = file_contents(tmp_path / "one.h5"), file_contents(tmp_path / "two_packed.h5")
     assert sorted(a) == sorted(b)
     for name in a:
         if name != "attrs" and a[name].dtype.kind == "f":

@@ -112,7 +112,7 @@ class SegmentWriter:
         self._pending_bytes += size
         self.rows += len(index)
         if self._pending_bytes >= self.buffer_bytes:
-            self._write_behind()
+            self.write_behind()
 
     def _wait(self) -> None:
         """Wait for the buffer being written; its error, if any, is raised here."""
@@ -120,7 +120,7 @@ class SegmentWriter:
         if writing is not None:
             writing.result()
 
-    def _write_behind(self) -> None:
+    def write_behind(self) -> None:
         """Hand the buffered rows to the writer thread (after the previous buffer is written)."""
         self._wait()
         if self._pending:
@@ -130,7 +130,7 @@ class SegmentWriter:
 
     def flush(self) -> None:
         """Write every buffered row now (and wait for the writer thread)."""
-        self._write_behind()
+        self.write_behind()
         self._wait()
 
     def _write(self, pending: list[tuple], size: int) -> None:
@@ -138,9 +138,8 @@ class SegmentWriter:
         require_space(self.tmp.parent, 1.1 * size + 64 * len(pending) + (64 << 10), "a segment")
         n = self.file["index"].shape[0]
         index = np.concatenate([p[0] for p in pending])
-        order = np.argsort(index, kind="stable")  # rows batched by length go back to dataset order
-        ordered = bool((np.diff(index) > 0).all())
-        take = (lambda a: a) if ordered else (lambda a: a[order])
+        order = None if (np.diff(index) > 0).all() else np.argsort(index, kind="stable")  # batched by length
+        take = (lambda a: a) if order is None else (lambda a: a[order])  # rows go back to dataset order
         index = take(index)
         b = len(index)
         columns = {"index": index, "positive": take(np.concatenate([p[1] for p in pending]))}

@@ -180,7 +180,7 @@ class HDF5ActivationWriter(BasePredictionWriter):
         if self.window_rows is not None:
             if self._served % self.window_rows:
                 return  # mid-window: its rows are written together, back in dataset order
-            self._segment.flush()
+            self._segment.write_behind()  # (a commit below waits for it)
         if (
             self._segment.nbytes >= self.segment_bytes
             or time.monotonic() - self._segment.started >= self.segment_seconds

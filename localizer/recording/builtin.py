@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 from localizer.errors import LocalizerError
 from localizer.resources import read_text, resource_path
@@ -282,8 +283,6 @@ NAMES = (*BUILTIN, *HUB_PAIRS)
 
 def builtin_name(source) -> str | None:
     """``source`` when it names a built-in set (and no local path of that name exists), else None."""
-    from pathlib import Path
-
     if isinstance(source, (str, os.PathLike)) and str(source) in NAMES and not Path(source).exists():
         return str(source)
     return None

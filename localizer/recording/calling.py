@@ -7,7 +7,14 @@ import inspect
 import sys
 from typing import Any
 
+import torch
 from torch import nn
+
+
+def weights_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of a module's floating-point weights (None when it has none)."""
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return None if weight is None else weight.dtype
 
 
 def forward_accepts(model: nn.Module, name: str) -> bool:
@@ -51,9 +58,9 @@ class ModelCaller:
         inputs = {k: batch[k] for k in self.INPUT_KEYS if k in batch}
         if self.modality == "image":
             pixels = inputs["pixel_values"]
-            weight = next((p for p in self.model.parameters() if p.is_floating_point()), None)
-            if weight is not None and pixels.dtype != weight.dtype:  # a model loaded in bfloat16/float16
-                pixels = pixels.to(weight.dtype)
+            dtype = weights_dtype(self.model)  # asked per batch: a precision plugin may convert the model later
+            if dtype is not None and pixels.dtype != dtype:  # a model loaded in bfloat16/float16
+                pixels = pixels.to(dtype)
             return self.model(pixel_values=pixels) if self.is_hf else self.model(pixels)
         if not self.is_hf:
             if "attention_mask" in inputs and self.takes_mask:

@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from localizer.errors import LocalizerError, first_line
 from localizer.recording.stimuli import modality as stimulus_modality
 
+TOKEN_KEYS = ("input_ids", "token_type_ids")  # what a text is tokenized into ahead (its attention mask is made)
+
 
 class IndexedRows(Dataset):
     """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present.
@@ -67,9 +69,6 @@ def tokenize(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[s
     return {k: list(enc[k]) for k in TOKEN_KEYS if k in enc}
 
 
-TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 def pad(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
     """Pre-tokenized rows → ``[B, T]`` tensors padded on the tokenizer's side, as ``tokenizer(texts, padding=True)``
     gives them: ``pad_token_id`` for ids, 0 for the attention mask, ``pad_token_type_id`` for token types."""
@@ -84,7 +83,7 @@ def pad(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
         real = columns < lengths[:, None]
     fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
     out = {"attention_mask": torch.from_numpy(real.astype(np.int64))}
-    for key in ("input_ids", "token_type_ids"):
+    for key in TOKEN_KEYS:
         if key not in rows[0]:
             continue
         t = np.full((len(rows), width), fill[key], dtype=np.int64)

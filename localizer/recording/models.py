@@ -39,8 +39,10 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def dtype_name(model: nn.Module) -> str:
     """The name of the dtype of a module's floating-point weights (``float32`` when it has none)."""
-    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return "float32" if weight is None else str(weight.dtype).removeprefix("torch.")
+    from localizer.recording.calling import weights_dtype
+
+    dtype = weights_dtype(model)
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 @dataclass
