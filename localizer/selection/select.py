@@ -72,7 +72,8 @@ def select_file(
         activations: a master activation file (:mod:`localizer.files.activations`).
         out: the selection file to write.
         options: selection rule, controls, ``abs``/``alternative``, split-half.
-        chunk_bytes: float32 bytes per chunk of rows over all layers (two chunks are held: one read, one added).
+        chunk_bytes: float32 bytes per chunk of rows over all layers (read layer by layer: one layer's rows are
+            read while the previous layer's are added).
         log_dir: TensorBoard folder (a ``select`` run is added); None to skip.
         png_dir: also save the figures as PNG files here.
         log_name: the job's name: the TensorBoard run is ``log_dir/<log_name>/select`` (else ``select/version_N``).
@@ -112,31 +113,33 @@ def select_file(
         labels = [main, halves_labels][: len(sums)]
         rows = max(1, chunk_bytes // (4 * max(layout.total, 1)))
 
-        def add(chunk: list[np.ndarray], r0: int, r1: int) -> None:  # on the worker thread (the kernel drops the GIL)
+        def add(x: np.ndarray, i: int, r0: int, r1: int) -> None:  # on the worker thread (the kernel drops the GIL)
             for acc, lab in zip(sums, labels):
-                acc.count(lab[r0:r1])
-                for i, x in enumerate(chunk):
-                    if not acc.add(x, lab[r0:r1], i):
-                        row = r0 + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-                        raise LocalizerError(
-                            f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
-                            f"recorded with {opt('nan_policy', 'allow')}); `localizer check` lists them"
-                        )
+                if i == 0:
+                    acc.count(lab[r0:r1])
+                if not acc.add(x, lab[r0:r1], i):
+                    row = r0 + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+                    raise LocalizerError(
+                        f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "
+                        f"recorded with {opt('nan_policy', 'allow')}); `localizer check` lists them"
+                    )
 
-        with ThreadPoolExecutor(1) as worker:  # read chunk i+1 while chunk i is added
+        # read layer i+1 while layer i is added: each layer's rows are added while still in the cache
+        with ThreadPoolExecutor(1) as worker:
             pending = None
             for r0 in range(0, n, rows):
                 r1 = min(n, r0 + rows)
-                try:
-                    chunk = [d[r0:r1] for d in dsets]
-                except OSError as e:  # a truncated or corrupt segment behind the virtual datasets
-                    raise LocalizerError(
-                        f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
-                        f"`localizer check {activations}` says which file is damaged"
-                    ) from e
-                if pending is not None:
-                    pending.result()
-                pending = worker.submit(add, chunk, r0, r1)
+                for i, d in enumerate(dsets):
+                    try:
+                        x = d[r0:r1]
+                    except OSError as e:  # a truncated or corrupt segment behind the virtual datasets
+                        raise LocalizerError(
+                            f"{activations}: stimuli {r0}..{r1 - 1} cannot be read ({first_line(e)}); "
+                            f"`localizer check {activations}` says which file is damaged"
+                        ) from e
+                    if pending is not None:
+                        pending.result()
+                    pending = worker.submit(add, x, i, r0, r1)
             if pending is not None:
                 pending.result()
     moments = _grouped(sums[0].moments())
