@@ -65,7 +65,7 @@ class SegmentWriter:
     def __init__(
         self,
         path: Path,
-        chunk_bytes: int = 1 << 18,
+        chunk_bytes: int = 1 << 20,
         max_bytes: float = float("inf"),
         buffer_bytes: float = BUFFER_BYTES,
         units: dict[str, int] | None = None,
@@ -86,6 +86,8 @@ class SegmentWriter:
         self._pending_bytes = 0
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="localizer-segment")
         self._writing: Future | None = None  # the buffer being written (at most one)
+        self._tail: dict[str, tuple] = {}  # per layer: (chunk buffer, rows in it) of a partial chunk not on file
+        self._order: np.ndarray | None = None  # the buffer being written: its rows' dataset order
 
     def append(
         self, index: np.ndarray, positive: np.ndarray, split: list[str] | None, acts: dict[str, np.ndarray]
@@ -120,50 +122,89 @@ class SegmentWriter:
         if writing is not None:
             writing.result()
 
-    def write_behind(self) -> None:
-        """Hand the buffered rows to the writer thread (after the previous buffer is written)."""
+    def write_behind(self, final: bool = False) -> None:
+        """Hand the buffered rows to the writer thread (after the previous buffer is written). Activation rows that
+        do not fill a whole HDF5 chunk wait for the next buffer, unless ``final``."""
         self._wait()
-        if self._pending:
+        if self._pending or (final and self._tail):
             pending, size = self._pending, self._pending_bytes
             self._pending, self._pending_bytes = [], 0
-            self._writing = self._worker.submit(self._write, pending, size)
+            self._writing = self._worker.submit(self._write, pending, size, final)
 
     def flush(self) -> None:
-        """Write every buffered row now (and wait for the writer thread)."""
-        self.write_behind()
+        """Write every row now, the last partial chunk included (and wait for the writer thread)."""
+        self.write_behind(final=True)
         self._wait()
 
-    def _write(self, pending: list[tuple], size: int) -> None:
-        """One resize and one write per dataset (on the writer thread)."""
-        require_space(self.tmp.parent, 1.1 * size + 64 * len(pending) + (64 << 10), "a segment")
-        n = self.file["index"].shape[0]
+    def _write(self, pending: list[tuple], size: int, final: bool) -> None:
+        """Append ``pending`` (on the writer thread): one resize and one write per column; activations as whole
+        chunks (:meth:`_write_chunks`)."""
+        whole_chunks = sum(4 * u * self._chunk_rows(u) for u in self.units.values())  # bound on tails and padding
+        require_space(self.tmp.parent, 1.1 * size + whole_chunks + 64 * len(pending) + (64 << 10), "a segment")
+        self._order = None
+        if pending:
+            self._write_columns(pending)  # (sets the order of this buffer's rows)
+        for layer in list(pending[0][3]) if pending else list(self._tail):
+            units = self.units[layer]
+            if layer not in self.group:
+                self.group.create_dataset(
+                    layer, (0, units), maxshape=(None, units), dtype=np.float32, chunks=(self._chunk_rows(units), units)
+                )
+            parts = [p[3][layer] for p in pending]
+            self._write_chunks(self.group[layer], layer, parts if self._order is None else [self._take(parts)], final)
+        self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
+
+    def _write_chunks(self, ds: h5py.Dataset, layer: str, parts: list[np.ndarray], final: bool) -> None:
+        """Append the rows of ``parts`` (``[B_i, U]`` float32) to ``ds``, whose extent ends at a chunk boundary, one
+        whole chunk at a time: each is assembled in one reused chunk-sized buffer (hot in the cache) and written
+        with ``write_direct_chunk``. A partial last chunk waits in :attr:`_tail`, or, ``final``, is written
+        zero-padded (rows beyond the extent are never read)."""
+        chunk, units = ds.chunks[0], ds.shape[1]
+        buf, filled = self._tail.pop(layer, (None, 0))
+        if buf is None:
+            buf = np.empty((chunk, units), dtype="<f4")
+        total = filled + sum(len(p) for p in parts)
+        start = ds.shape[0]
+        ds.resize((start + (total if final else total // chunk * chunk), units))
+        for part in parts:
+            i = 0
+            while i < len(part):
+                k = min(chunk - filled, len(part) - i)
+                buf[filled : filled + k] = part[i : i + k]
+                filled, i = filled + k, i + k
+                if filled == chunk:
+                    ds.id.write_direct_chunk((start, 0), buf)
+                    start, filled = start + chunk, 0
+        if filled and final:
+            buf[filled:] = 0
+            ds.id.write_direct_chunk((start, 0), buf)
+        elif filled:
+            self._tail[layer] = (buf, filled)
+
+    def _chunk_rows(self, units: int) -> int:
+        """Rows per chunk of a layer: about ``chunk_bytes``, smaller for small segments."""
+        per_row = 4 * max(units, 1)
+        return int(max(1, min(4096, self.chunk_bytes // per_row, self.max_bytes // per_row)))
+
+    def _write_columns(self, pending: list[tuple]) -> None:
+        """Append the index, class and split columns of ``pending`` (in dataset order: see :meth:`_take`)."""
         index = np.concatenate([p[0] for p in pending])
-        order = None if (np.diff(index) > 0).all() else np.argsort(index, kind="stable")  # batched by length
-        take = (lambda a: a) if order is None else (lambda a: a[order])  # rows go back to dataset order
-        index = take(index)
-        b = len(index)
-        columns = {"index": index, "positive": take(np.concatenate([p[1] for p in pending]))}
+        self._order = None if (np.diff(index) > 0).all() else np.argsort(index, kind="stable")  # batched by length
+        columns = {"index": self._take([index]), "positive": self._take([p[1] for p in pending])}
+        n = self.file["index"].shape[0]
         if pending[0][2] is not None:
             if "split" not in self.file:
                 self.file.create_dataset("split", (n,), maxshape=(None,), dtype=STRING, chunks=(4096,))
-            columns["split"] = take(np.asarray([s for p in pending for s in p[2]], dtype=object))
+            columns["split"] = self._take([np.asarray([s for p in pending for s in p[2]], dtype=object)])
         for name, value in columns.items():
             ds = self.file[name]
-            ds.resize((n + b,))
+            ds.resize((n + len(value),))
             ds[n:] = value
-        for layer in pending[0][3]:
-            if layer not in self.group:
-                units = self.units[layer]
-                rows = int(
-                    max(1, min(4096, self.chunk_bytes // (4 * max(units, 1)), self.max_bytes // (4 * max(units, 1))))
-                )  # small segments: small chunks
-                self.group.create_dataset(
-                    layer, (n, units), maxshape=(None, units), dtype=np.float32, chunks=(rows, units)
-                )
-            ds = self.group[layer]
-            ds.resize((n + b, self.units[layer]))
-            ds[n:] = take(np.concatenate([p[3][layer] for p in pending]))
-        self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
+
+    def _take(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The rows of ``parts`` (one buffer) back in dataset order (rows batched by length come out of order)."""
+        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return rows if self._order is None else rows[self._order]
 
     def commit(self, layers: list[str], before_rename=None) -> Path:
         """Mark complete, close, fsync and rename: from here on the rows survive any crash.
@@ -186,7 +227,7 @@ class SegmentWriter:
 
     def discard(self) -> None:
         """Drop the open segment (an error, not a crash): close it whatever state it is in, delete it."""
-        self._pending = []
+        self._pending, self._tail = [], {}
         try:
             self._wait()
         except BaseException:  # the write that failed is why we discard

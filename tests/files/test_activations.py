@@ -180,3 +180,28 @@ def test_more_segments_than_the_open_file_limit(tmp_path, hard_too):
         assert r.returncode == 0, r.stderr[-2000:]
         with h5py.File(tmp_path / "s.h5") as f:
             assert f.attrs["n_positive"] == 70 and f.attrs["n_control"] == 70  # every row was read, none NaN
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_whole_chunks_written_directly_and_the_last_partial_one_at_commit(tmp_path, seed):
+    """Rows go to the file a whole HDF5 chunk at a time (the rest waits for the next buffer); whatever the batch
+    sizes, buffer boundaries and chunk sizes, and with rows out of order inside a buffer (batched by length), the
+    committed segment holds exactly the rows, in dataset order, and its extent ends at the last row."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    a, b = rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 5)).astype(np.float32)
+    w = SegmentWriter(tmp_path / "s.h5", chunk_bytes=int(rng.integers(4, 100)), buffer_bytes=float("inf"))
+    cuts = np.sort(rng.choice(np.arange(1, n), size=min(n - 1, int(rng.integers(0, 8))), replace=False))
+    for window in np.split(np.arange(n), cuts):  # each window: its rows in a random order, then written
+        order = rng.permutation(window)
+        for batch in np.array_split(order, max(1, len(order) // 3)):
+            if len(batch):
+                w.append(batch, batch % 2 == 0, None, {"a": a[batch], "b": b[batch]})
+        w.write_behind()
+    w.commit(["a", "b"])
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["activations/a"].chunks[0] == max(1, min(4096, w.chunk_bytes // 12))
+        np.testing.assert_array_equal(f["activations/a"][:], a)
+        np.testing.assert_array_equal(f["activations/b"][:], b)
+        np.testing.assert_array_equal(f["index"][:], np.arange(n))
+        np.testing.assert_array_equal(f["positive"][:], np.arange(n) % 2 == 0)
