@@ -64,9 +64,45 @@ class IndexedRows(Dataset):
 def tokenize(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[str, list[list[int]]]:
     """Every text tokenized once, ahead of the batches, as the collation would (special tokens included, truncated
     to ``max_length``): ``{"input_ids": [N][T_i], ("token_type_ids": ...)}``, unpadded (the attention mask is
-    made when padding)."""
-    enc = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length, return_attention_mask=False)
+    made when padding). A Hugging Face fast tokenizer is called through its Rust backend (:func:`_encode_fast`):
+    the same ids without transformers' per-text Python conversion (2/3 of the time of ``tokenizer(texts)``)."""
+    texts = list(texts)
+    fast = _encode_fast(texts, tokenizer, max_length)
+    if fast is not None:
+        return fast
+    enc = tokenizer(texts, truncation=max_length is not None, max_length=max_length, return_attention_mask=False)
     return {k: list(enc[k]) for k in TOKEN_KEYS if k in enc}
+
+
+def _encode_fast(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[str, list[list[int]]] | None:
+    """``tokenize`` for a transformers ``TokenizersBackend`` whose calling path is the library's own: set the
+    backend's truncation and padding as ``tokenizer(...)`` would, then ``encode_batch_fast`` (no offsets). None for
+    any other tokenizer (a slow one, or a class that changes how texts are encoded)."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: the plain call
+        return None
+    kind = type(tokenizer)
+    if not (
+        isinstance(tokenizer, TokenizersBackend)
+        and kind.__call__ is PreTrainedTokenizerBase.__call__
+        and kind._encode_plus is TokenizersBackend._encode_plus
+        and not hasattr(tokenizer, "_switch_to_input_mode")
+    ):
+        return None
+    padding, truncation, length, _ = tokenizer._get_padding_truncation_strategies(
+        padding=False, truncation=max_length is not None, max_length=max_length
+    )
+    tokenizer.set_truncation_and_padding(padding, truncation, length, 0, None, None)
+    backend = tokenizer.backend_tokenizer
+    if backend.encode_special_tokens != tokenizer.split_special_tokens:
+        backend.encode_special_tokens = tokenizer.split_special_tokens
+    encodings = backend.encode_batch_fast(texts, add_special_tokens=True)
+    out = {"input_ids": [e.ids for e in encodings]}
+    if "token_type_ids" in tokenizer.model_input_names:
+        out["token_type_ids"] = [e.type_ids for e in encodings]
+    return out
 
 
 def pad(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
@@ -138,7 +174,7 @@ def fit_texts(
     untruncated token counts, when the caller has them already."""
     texts = list(texts)
     if lengths is None:
-        lengths = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+        lengths = [len(ids) for ids in tokenize(texts, tokenizer, None)["input_ids"]]
     empty = next((i for i, n in enumerate(lengths) if n == 0), None)
     if empty is not None:
         raise LocalizerError(f"{what} {empty} ({texts[empty]!r}) has no tokens for this tokenizer; remove or fix it")
@@ -159,8 +195,7 @@ def fit_texts(
 
 def token_lengths(texts: list[str], tokenizer: Any, max_length: int | None) -> list[int]:
     """``[N]`` tokens per text as the model gets them: special tokens included, truncated to ``max_length``."""
-    encoded = tokenizer(list(texts), truncation=max_length is not None, max_length=max_length)["input_ids"]
-    return [len(ids) for ids in encoded]
+    return [len(ids) for ids in tokenize(texts, tokenizer, max_length)["input_ids"]]
 
 
 class Collate:
