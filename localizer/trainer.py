@@ -7,6 +7,7 @@ validates.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Optional, Union
 
@@ -64,3 +65,18 @@ def build_trainer(kwargs: dict[str, Any]):
     except Exception as e:  # Lightning refuses bad options with MisconfigurationException, ValueError, ...
         shown = {k: v for k, v in kwargs.items() if k in TrainerOptions.__dataclass_fields__}
         raise LocalizerError(f"invalid trainer options {shown}: {' '.join(first_line(e).split())}") from e
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """Python's collector skips every object alive before a predict or validate loop (``gc.freeze``) while it
+    runs: the loop makes many short-lived containers, and each full collection would otherwise walk the whole heap
+    (the token lists, the model, the datasets) again — 10-15% of a small model's extraction time. Garbage made in
+    the loop is still collected; the frozen objects are handed back to the collector after."""
+    import gc
+
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 from localizer.distributed import on_rank_zero
 from localizer.errors import LocalizerError, at_least, opt
 from localizer.recording.extract import Dtype
-from localizer.trainer import build_trainer, trainer_kwargs
+from localizer.trainer import build_trainer, frozen_heap, trainer_kwargs
 
 Task = Literal["classification", "next-token", "minimal-pairs", "agreement"]
 
@@ -186,7 +186,10 @@ def run_ablation(
         runner = build_trainer(kwargs)
         if runner.world_size > len(data):
             raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
-        runner.validate(module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False)
+        with frozen_heap():
+            runner.validate(
+                module, datamodule=AblationDataModule(the_task, data, batch_size, num_workers), verbose=False
+            )
         assert module.results is not None  # set by on_validation_epoch_end on every rank
         doc = summarize(module.results, conditions, task, method, int(attrs["n_selected"]))
         doc["provenance"] = _provenance(loaded, selection, attrs, task_data, len(data), method)

@@ -29,22 +29,15 @@ TOKEN_KEYS = ("input_ids", "token_type_ids")  # what a text is tokenized into ah
 class IndexedRows(Dataset):
     """Rows of a dataset as dicts that carry their own ``index``; ``columns`` are copied when present.
 
-    ``indices`` (int ``[M]``, optional) serves only those rows, in that order (a resumed extraction). ``extra``
-    (``{name: [N] values}``) adds per-row values computed ahead, e.g. token ids. A set without images has its columns
-    read once as Python lists (reading one Arrow row costs ~20 us, a list item ~0.1 us); images are read row by row.
+    ``indices`` (int ``[M]``, optional) serves only those rows, in that order (a resumed extraction). A set without
+    images has its columns read once as Python lists (reading one Arrow row costs ~20 us, a list item ~0.1 us);
+    images are read row by row.
     """
 
-    def __init__(
-        self,
-        rows,
-        columns: tuple[str, ...] = ("text", "image", "positive", "split", "label"),
-        indices=None,
-        extra: dict[str, list] | None = None,
-    ):
+    def __init__(self, rows, columns: tuple[str, ...] = ("text", "image", "positive", "split", "label"), indices=None):
         self.rows, self.indices = rows, None if indices is None else [int(i) for i in indices]
         self.columns = [c for c in columns if c in rows.column_names]
         self.lists = None if "image" in rows.column_names else {c: rows[c][:] for c in self.columns}
-        self.extra = extra or {}
 
     def __len__(self) -> int:
         return len(self.rows) if self.indices is None else len(self.indices)
@@ -58,7 +51,19 @@ class IndexedRows(Dataset):
                 row = self.rows[i]
             except Exception as e:  # image decoding errors come in many types
                 raise LocalizerError(f"stimulus {i}: cannot be read ({first_line(e)})") from e
-        return {"index": int(i), **{c: row[c] for c in self.columns}, **{k: v[i] for k, v in self.extra.items()}}
+        return {"index": int(i), **{c: row[c] for c in self.columns}}
+
+
+class ColumnRows(IndexedRows):
+    """:class:`IndexedRows` that serves a whole batch at once, as columns, for :class:`Collate`."""
+
+    def __getitems__(self, positions: list[int]) -> dict[str, list] | list[dict[str, Any]]:
+        """A batch (the DataLoader asks for a whole one): ``{"index": [B], column: [B]}`` from the lists, or the
+        rows one by one (images)."""
+        if self.lists is None:
+            return [self[i] for i in positions]
+        index = [int(i) for i in positions] if self.indices is None else [self.indices[int(i)] for i in positions]
+        return {"index": index, **{c: [v[i] for i in index] for c, v in self.lists.items()}}
 
 
 def tokenize(texts: list[str], tokenizer: Any, max_length: int | None) -> dict[str, list[list[int]]]:
@@ -105,27 +110,40 @@ def _encode_fast(texts: list[str], tokenizer: Any, max_length: int | None) -> di
     return out
 
 
-def pad(rows: list[dict[str, Any]], tokenizer: Any) -> dict[str, torch.Tensor]:
-    """Pre-tokenized rows → ``[B, T]`` tensors padded on the tokenizer's side, as ``tokenizer(texts, padding=True)``
-    gives them: ``pad_token_id`` for ids, 0 for the attention mask, ``pad_token_type_id`` for token types."""
-    from itertools import chain
+class TokenTable:
+    """Every stimulus's tokens (:func:`tokenize`'s lists) as flat int64 arrays, so that a batch is padded with a
+    few numpy operations: ``lengths`` ``[N]``, ``starts`` ``[N]``, ``flat[key]`` ``[sum(lengths)]``."""
 
-    lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
-    width = int(lengths.max())
-    columns = np.arange(width)
-    if tokenizer.padding_side == "left":
-        real = columns >= (width - lengths)[:, None]
-    else:
-        real = columns < lengths[:, None]
-    fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
-    out = {"attention_mask": torch.from_numpy(real.astype(np.int64))}
-    for key in TOKEN_KEYS:
-        if key not in rows[0]:
-            continue
-        t = np.full((len(rows), width), fill[key], dtype=np.int64)
-        t[real] = np.fromiter(chain.from_iterable(r[key] for r in rows), dtype=np.int64, count=int(lengths.sum()))
-        out[key] = torch.from_numpy(t)
-    return out
+    def __init__(self, tokens: dict[str, list[list[int]]]):
+        from itertools import chain
+
+        ids = tokens["input_ids"]
+        self.lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        self.starts = np.cumsum(self.lengths) - self.lengths
+        total = int(self.lengths.sum())
+        self.flat = {
+            k: np.fromiter(chain.from_iterable(v), dtype=np.int64, count=total)
+            for k, v in tokens.items()
+            if k in TOKEN_KEYS
+        }
+
+    def pad(self, rows: np.ndarray, tokenizer: Any) -> dict[str, torch.Tensor]:
+        """Stimuli ``rows`` ``[B]`` → ``[B, T]`` tensors padded on the tokenizer's side, as ``tokenizer(texts,
+        padding=True)`` gives them: ``pad_token_id`` for ids, 0 for the attention mask, ``pad_token_type_id`` for
+        token types."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        columns = np.arange(width)
+        shift = (width - lengths)[:, None] if tokenizer.padding_side == "left" else np.zeros((len(rows), 1), np.int64)
+        real = (columns >= shift) & (columns < shift + lengths[:, None])
+        source = (self.starts[rows][:, None] + columns - shift)[real]
+        fill = {"input_ids": tokenizer.pad_token_id, "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
+        out = {"attention_mask": torch.from_numpy(real.astype(np.int64))}
+        for key, flat in self.flat.items():
+            t = np.full((len(rows), width), fill[key], dtype=np.int64)
+            t[real] = flat[source]
+            out[key] = torch.from_numpy(t)
+        return out
 
 
 def to_rgb(image):
@@ -199,30 +217,40 @@ def token_lengths(texts: list[str], tokenizer: Any, max_length: int | None) -> l
 
 
 class Collate:
-    """Turn a list of stimulus rows into one batch (see the module docstring)."""
+    """Turn stimulus rows into one batch (see the module docstring): a list of row dicts, or the columns
+    ``{"index": [B], column: [B]}`` that :meth:`IndexedRows.__getitems__` serves. ``tokens``: every stimulus
+    tokenized ahead (indexed by dataset row), padded here instead of calling the tokenizer per batch."""
 
     def __init__(
-        self, kind: str, processor: Any = None, transform: Callable | None = None, max_length: int | None = None
+        self,
+        kind: str,
+        processor: Any = None,
+        transform: Callable | None = None,
+        max_length: int | None = None,
+        tokens: TokenTable | None = None,
     ):
         self.kind, self.processor, self.transform, self.max_length = kind, processor, transform, max_length
+        self.tokens = tokens
         if kind == "text" and processor is None:
             raise LocalizerError("text stimuli need a tokenizer")
         if kind == "image" and processor is None and transform is None:
             raise LocalizerError("image stimuli need an image processor or a transform")
 
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"index": torch.tensor([r["index"] for r in rows], dtype=torch.long)}
-        if "positive" in rows[0]:
-            batch["positive"] = torch.tensor([r["positive"] for r in rows], dtype=torch.bool)
-        if "label" in rows[0]:
-            batch["label"] = torch.tensor([r["label"] for r in rows], dtype=torch.long)
-        if "split" in rows[0]:
-            batch["split"] = [r["split"] for r in rows]
-        if self.kind == "text" and "input_ids" in rows[0]:  # tokenized ahead (LocalizerDataModule)
-            batch.update(pad(rows, self.processor))
+    def __call__(self, rows: list[dict[str, Any]] | dict[str, list]) -> dict[str, Any]:
+        cols = rows if isinstance(rows, dict) else {k: [r[k] for r in rows] for k in rows[0]}
+        index = np.asarray(cols["index"], dtype=np.int64)
+        batch: dict[str, Any] = {"index": torch.from_numpy(index)}
+        if "positive" in cols:
+            batch["positive"] = torch.tensor(cols["positive"], dtype=torch.bool)
+        if "label" in cols:
+            batch["label"] = torch.tensor(cols["label"], dtype=torch.long)
+        if "split" in cols:
+            batch["split"] = list(cols["split"])
+        if self.kind == "text" and self.tokens is not None:  # tokenized ahead (LocalizerDataModule)
+            batch.update(self.tokens.pad(index, self.processor))
         elif self.kind == "text":
             enc = self.processor(
-                [r["text"] for r in rows],
+                list(cols["text"]),
                 padding=True,
                 return_tensors="pt",
                 truncation=self.max_length is not None,
@@ -230,9 +258,9 @@ class Collate:
             )
             batch.update({k: v for k, v in enc.items()})
         else:
-            images = [r["image"] for r in rows]
+            images = cols["image"]
             if self.transform is not None:
-                batch["pixel_values"] = torch.stack([_chw(self.transform(im), rows[0]["index"]) for im in images])
+                batch["pixel_values"] = torch.stack([_chw(self.transform(im), int(index[0])) for im in images])
             else:
                 rgb = [to_rgb(im) for im in images]
                 batch["pixel_values"] = self.processor(images=rgb, return_tensors="pt")["pixel_values"]
@@ -280,11 +308,12 @@ class LocalizerDataModule(L.LightningDataModule):
         self.window_rows = batch_size * window_batches  # rows sorted together (and written together, in order)
         self.tokens = None  # text: every stimulus tokenized once here, not batch by batch in the loop
         if self.kind == "text" and processor is not None:
-            self.tokens = tokens if tokens is not None else tokenize(stimuli["text"][:], processor, max_length)
+            table = TokenTable(tokens if tokens is not None else tokenize(stimuli["text"][:], processor, max_length))
+            self.tokens = self.collate.tokens = table
 
     def token_counts(self) -> list[int] | None:
         """``[N]`` tokens per text stimulus as the model gets them (None for images)."""
-        return None if self.tokens is None else [len(ids) for ids in self.tokens["input_ids"]]
+        return None if self.tokens is None else self.tokens.lengths.tolist()
 
     def restrict(self, indices) -> None:
         """Serve only these dataset rows (int ``[M]``, ascending) — what a resumed extraction still needs."""
@@ -297,7 +326,7 @@ class LocalizerDataModule(L.LightningDataModule):
         if not self.sort_by_length or self.tokens is None:
             return None
         rows = np.arange(len(self.stimuli)) if self.indices is None else np.asarray(self.indices, dtype=np.int64)
-        lengths = np.asarray(self.token_counts())[rows]
+        lengths = self.tokens.lengths[rows]
         order = np.empty(len(rows), dtype=np.int64)
         for r in range(world):
             mine = np.arange(r, len(rows), world)
@@ -309,7 +338,7 @@ class LocalizerDataModule(L.LightningDataModule):
         world = int(getattr(self.trainer, "world_size", 1) or 1) if self.trainer is not None else 1
         served = self.served_rows(world)
         return DataLoader(
-            IndexedRows(self.stimuli, indices=self.indices if served is None else served, extra=self.tokens),
+            ColumnRows(self.stimuli, indices=self.indices if served is None else served),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.num_workers,

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 from localizer.errors import LocalizerError, at_least, opt
 from localizer.selection.options import PARAMETERS_DOC, Alternative, Rows, SelectionOptions, Statistic
-from localizer.trainer import build_trainer, trainer_kwargs
+from localizer.trainer import build_trainer, frozen_heap, trainer_kwargs
 
 Pooling = Literal["last", "mean", "channel", "flat"]
 Dtype = Literal["float32", "bfloat16", "float16"]
@@ -326,7 +326,8 @@ def record(
         raise LocalizerError(
             f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most {len(stimuli)} devices x nodes"
         )
-    trainer_.predict(recorder, datamodule=data, return_predictions=False)
+    with frozen_heap():
+        trainer_.predict(recorder, datamodule=data, return_predictions=False)
     if selection is not None and prior:  # the online statistics saw only this attempt: select from the file
         from localizer.distributed import on_rank_zero
         from localizer.selection.select import select_file

@@ -44,14 +44,14 @@ def test_sorted_extraction_writes_the_same_file_with_less_padding(gpt2_dir, tmp_
     import localizer.recording.datamodule as dm
 
     seen: list[tuple[int, int]] = []  # (rows, padded width) of every batch the model got
-    real_pad = dm.pad
+    real_pad = dm.TokenTable.pad
 
-    def spy(rows, tokenizer):
-        out = real_pad(rows, tokenizer)
+    def spy(self, rows, tokenizer):
+        out = real_pad(self, rows, tokenizer)
         seen.append(tuple(out["input_ids"].shape))
         return out
 
-    monkeypatch.setattr(dm, "pad", spy)
+    monkeypatch.setattr(dm.TokenTable, "pad", spy)
     stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(150, seed=4))
     common = {"model": gpt2_dir, "stimuli": stimuli, "batch_size": 4, "pooling": "mean", "trainer": CPU}
     plain = localizer.extract(out=tmp_path / "a.h5", **common)
