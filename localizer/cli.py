@@ -50,6 +50,8 @@ RUN_SKIPS_ABLATE = {
     "log_dir",
     "trust_remote_code",
     "dtype",
+    "device_map",
+    "max_memory",
     "trainer",
 }
 TASKS_HELP = (

@@ -185,6 +185,8 @@ def run(
         padding_side=extract_options.get("padding_side", "right"),
         trust_remote_code=extract_options.get("trust_remote_code", False),
         dtype=extract_options.get("dtype", "float32"),
+        device_map=extract_options.get("device_map"),
+        max_memory=extract_options.get("max_memory"),
     )
     job["weights"] = loaded.fingerprint()  # the same path may hold other weights now
     if kind == "text":  # a built-in set as recorded for this model (language: matched to its tokenizer)
@@ -307,8 +309,8 @@ def _untrained_copy(loaded, seed: int):
 def _extract_or_reuse(model, data, path: Path, **kwargs) -> Path:
     """A finished activation file recorded with the same settings is reused; a killed extraction with the same
     settings is continued; anything else is recorded again (the run's folder is the job's own)."""
-    from localizer.files.resume import SettingsMismatch
-    from localizer.recording.extract import record, recorded_settings
+    from localizer.files.resume import SettingsMismatch, recorded_settings
+    from localizer.recording.extract import record
 
     if path.exists() and recorded_settings(path) is not None:
         try:

@@ -154,7 +154,11 @@ def test_run_exposes_every_option_of_its_steps_with_their_defaults():
         (localizer.ablate, "ablate.", {"selection", "task", "model", "task_data", "out", "overwrite", "max_length"}),
     ):
         for name, parameter in inspect.signature(step).parameters.items():
-            if name in skip or name in ("log_dir", "trust_remote_code", "dtype", "trainer") and prefix == "ablate.":
+            if (
+                name in skip
+                or name in ("log_dir", "trust_remote_code", "dtype", "device_map", "max_memory", "trainer")
+                and prefix == "ablate."
+            ):
                 continue
             if prefix == "" and name in inspect.signature(localizer.select).parameters:
                 continue  # selection options of extract: run takes them as --select.*

@@ -33,6 +33,8 @@ def ablate(
     log_dir: Optional[str] = "lightning_logs",
     trust_remote_code: bool = False,
     dtype: Optional[Dtype] = None,
+    device_map: Optional[str] = None,
+    max_memory: Optional[str] = None,
     trainer: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Rerun a task with the selected units silenced and report metric deltas against random control sets.
@@ -56,6 +58,9 @@ def ablate(
         trust_remote_code: allow code shipped with a hub model to run.
         dtype: load the weights as float32, bfloat16 or float16 (default: the type the activations were recorded
             with, as the selection file says).
+        device_map: a model larger than one device: place its blocks on every device (auto, balanced, sequential,
+            or a JSON object), one process driving them all.
+        max_memory: with device_map, the most each device may hold, e.g. 0=70GiB,1=70GiB,cpu=200GiB.
         trainer: Lightning Trainer options (accelerator, devices, strategy, num_nodes, precision, ...).
 
     Returns:
@@ -81,6 +86,8 @@ def ablate(
         log_dir=log_dir,
         trust_remote_code=trust_remote_code,
         dtype=dtype,
+        device_map=device_map,
+        max_memory=max_memory,
         trainer=trainer,
     )
 
@@ -102,6 +109,8 @@ def run_ablation(
     log_dir: str | os.PathLike | None = "lightning_logs",
     trust_remote_code: bool = False,
     dtype: str | None = None,
+    device_map: str | None = None,
+    max_memory: str | None = None,
     trainer: dict[str, Any] | None = None,
     loaded: Any = None,
     png_dir: str | os.PathLike | None = None,
@@ -120,6 +129,7 @@ def run_ablation(
     from localizer.ablation.tasks import TASKS, make_task
     from localizer.files.outputs import check_log_dir, check_outputs, input_files
     from localizer.recording.datamodule import fit_texts
+    from localizer.recording.device_map import device_map_trainer
     from localizer.recording.models import load_model
     from localizer.selection.result import Selection
 
@@ -159,7 +169,15 @@ def run_ablation(
         if forced and ":" in forced:  # a package.module:callable model
             forced = None
         dtype = dtype or str(attrs.get("dtype") or "float32")
-        loaded = load_model(spec, kind, model_class=forced, trust_remote_code=trust_remote_code, dtype=dtype)
+        loaded = load_model(
+            spec,
+            kind,
+            model_class=forced,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
+        )
     recorded = str(attrs.get("weights", ""))
     if recorded and loaded.fingerprint() != recorded:
         raise LocalizerError(
@@ -183,7 +201,7 @@ def run_ablation(
             kwargs["logger"] = logger
         kwargs["enable_progress_bar"] = False  # the module shows one bar per condition instead
         module.progress = (trainer or {}).get("enable_progress_bar", True) is not False
-        runner = build_trainer(kwargs)
+        runner = build_trainer(device_map_trainer(loaded.model, kwargs))
         if runner.world_size > len(data):
             raise LocalizerError(f"{runner.world_size} processes for {len(data)} task rows: use at most {len(data)}")
         with frozen_heap():

@@ -41,6 +41,8 @@ def dissociate(
     batch_size: int = 16,
     max_length: Optional[int] = None,
     dtype: Dtype = "float32",
+    device_map: Optional[str] = None,
+    max_memory: Optional[str] = None,
     overwrite: bool = False,
     log_dir: Optional[str] = "lightning_logs",
     select: Optional[dict[str, Any]] = None,
@@ -59,6 +61,8 @@ def dissociate(
         batch_size: stimuli per forward pass when recording.
         max_length: truncate the localizer stimuli to this many tokens (the task data are not truncated).
         dtype: load the weights as float32, bfloat16 or float16.
+        device_map: place a model larger than one device on every device (as for extract).
+        max_memory: with device_map, the most each device may hold (as for extract).
         overwrite: replace the files of an earlier dissociation in out.
         log_dir: TensorBoard folder (a run log_dir/dissociation-NAME is added; null: no logs).
         select: options of the select step (as for localizer run's select).
@@ -105,7 +109,7 @@ def dissociate(
     result_file = folder / "dissociation.json"
     check_output(result_file, overwrite)
     trainer = _one_process(dict(trainer or {}))
-    loaded = load_model(model, "text", dtype=dtype)
+    loaded = load_model(model, "text", dtype=dtype, device_map=device_map, max_memory=max_memory)
     selections = {}
     for name in names:  # one extraction and one selection per localizer
         sub = folder / name

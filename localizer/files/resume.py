@@ -190,3 +190,16 @@ def plan_resume(
     attempt = max([int(manifest.get("attempt", 0))] + [_segment_attempt(p) for p in segments]) + 1
     _write_manifest(folder, {"key": key, "attempt": attempt})
     return attempt, done, units
+
+
+def recorded_settings(out: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings key a finished activation file was recorded with: its ``settings`` attribute, or (files of
+    layout virtual from before that attribute) ``<out>.shards/run.json``; ``None`` when neither is there."""
+    try:
+        with h5py.File(out, "r") as f:
+            text = f.attrs.get("settings")
+    except OSError:
+        return None
+    if text is not None:
+        return json.loads(text)
+    return (read_manifest(segment_dir(out)) or {}).get("key")

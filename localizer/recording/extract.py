@@ -39,6 +39,8 @@ def extract(
     layout: Literal["single", "virtual"] = "single",
     trust_remote_code: bool = False,
     dtype: Dtype = "float32",
+    device_map: Optional[str] = None,
+    max_memory: Optional[str] = None,
     selection: Optional[str] = None,
     log_dir: Optional[str] = "lightning_logs",
     abs: bool = False,
@@ -85,6 +87,10 @@ def extract(
             (keep virtual datasets over out.shards/: no copy, for outputs too large to hold twice).
         trust_remote_code: allow code shipped with a hub model to run.
         dtype: load the weights as float32, bfloat16 or float16 (activations are stored as float32 either way).
+        device_map: a model larger than one device: place its blocks on every device (auto, balanced, sequential,
+            or a JSON object of module names and devices), one process driving them all; weights that fit nowhere go
+            to the disk.
+        max_memory: with device_map, the most each device may hold, e.g. 0=70GiB,1=70GiB,cpu=200GiB.
         selection: also compute the selection while recording and write it to this file (options below).
         log_dir: TensorBoard folder of the online selection (an extract/ run is added; null: no logs).
         {selection_parameters}
@@ -116,6 +122,8 @@ def extract(
         layout=layout,
         trust_remote_code=trust_remote_code,
         dtype=dtype,
+        device_map=device_map,
+        max_memory=max_memory,
         selection=selection,
         selection_options=options,
         log_dir=log_dir,
@@ -149,6 +157,8 @@ def record(
     layout: str = "single",
     trust_remote_code: bool = False,
     dtype: str = "float32",
+    device_map: str | None = None,
+    max_memory: str | None = None,
     selection: str | os.PathLike | None = None,
     selection_options: SelectionOptions | None = None,
     log_dir: str | os.PathLike | None = "lightning_logs",
@@ -168,6 +178,7 @@ def record(
     from localizer.recording.builtin import POOLING as BUILTIN_POOLING
     from localizer.recording.builtin import builtin_name, for_model
     from localizer.recording.datamodule import LocalizerDataModule, fit_texts, tokenize
+    from localizer.recording.device_map import device_map_trainer
     from localizer.recording.models import LoadedModel, dtype_name, load_model
     from localizer.recording.recorder import ActivationRecorder
     from localizer.recording.stimuli import fingerprint, load_stimuli, modality, stimulus_labels, validate_stimuli
@@ -228,6 +239,8 @@ def record(
             padding_side=padding_side,
             trust_remote_code=trust_remote_code,
             dtype=dtype,
+            device_map=device_map,
+            max_memory=max_memory,
         )
     )
     if kind == "text":
@@ -321,7 +334,7 @@ def record(
             from lightning.pytorch.loggers import TensorBoardLogger
 
             kwargs["logger"] = TensorBoardLogger(str(log_dir), name="extract")
-    trainer_ = build_trainer(kwargs)
+    trainer_ = build_trainer(device_map_trainer(loaded.model, kwargs))
     if trainer_.world_size > len(stimuli):
         raise LocalizerError(
             f"{trainer_.world_size} processes for {len(stimuli)} stimuli: use at most {len(stimuli)} devices x nodes"
@@ -342,7 +355,7 @@ def _finished(
     """``resume`` on a complete activation file: recorded with the same settings, there is nothing to record (the
     selection, when asked for, is computed from the file); with other settings it is refused, naming them."""
     from localizer.files.outputs import check_output
-    from localizer.files.resume import SettingsMismatch, settings_diff
+    from localizer.files.resume import SettingsMismatch, recorded_settings, settings_diff
 
     recorded = recorded_settings(out)
     if recorded is None:
@@ -374,21 +387,3 @@ def _finished(
     if announce:
         say(f"{out} is complete; nothing to resume (it was recorded with these settings)")
     return out
-
-
-def recorded_settings(out: str | os.PathLike) -> dict[str, Any] | None:
-    """The settings key a finished activation file was recorded with: its ``settings`` attribute, or (files of
-    layout virtual from before that attribute) ``<out>.shards/run.json``; ``None`` when neither is there."""
-    import h5py
-
-    from localizer.files.activations import segment_dir
-    from localizer.files.resume import read_manifest
-
-    try:
-        with h5py.File(out, "r") as f:
-            text = f.attrs.get("settings")
-    except OSError:
-        return None
-    if text is not None:
-        return json.loads(text)
-    return (read_manifest(segment_dir(out)) or {}).get("key")

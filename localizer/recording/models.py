@@ -69,6 +69,7 @@ class LoadedModel:
     files: tuple[Path, ...] = ()
     max_positions: int | None = None
     _fingerprint: str | None = None
+    offload: Any = None  # the temporary folder of weights a device map put on the disk (lives with the model)
 
     def fingerprint(self) -> str:
         """SHA-256 of every byte of the weights: of ``files`` when the model was read from them (cached per file by
@@ -232,6 +233,8 @@ def load_model(
     padding_side: str = "right",
     trust_remote_code: bool = False,
     dtype: str = "float32",
+    device_map: str | None = None,
+    max_memory: str | None = None,
 ) -> LoadedModel:
     """Load a model and the processor for its inputs.
 
@@ -246,8 +249,16 @@ def load_model(
         trust_remote_code: allow code from the model repository to run (off unless the user asks).
         dtype: ``float32``, ``bfloat16`` or ``float16``: the weights are loaded in this type (activations are pooled
             and stored as float32 whatever it is).
+        device_map: place a Hugging Face model's blocks across devices (``auto``, ``balanced``, ``sequential``, or a
+            JSON object): see :mod:`localizer.recording.device_map`.
+        max_memory: with ``device_map``, the most each device may hold, e.g. ``0=20GiB,1=20GiB,cpu=64GiB``.
     """
+    from localizer.recording.device_map import device_map_options
+
     weights_dtype = torch_dtype(dtype)
+    placement = device_map_options(device_map, max_memory)
+    if placement and (spec in MODULE_SHORT_NAMES or _is_callable_spec(spec)):
+        raise LocalizerError(f"{opt('device_map')} places Hugging Face models; {spec!r} is a plain module")
     if padding_side not in ("left", "right"):
         raise LocalizerError(f"padding side must be 'left' or 'right', got {padding_side!r}")
     if isinstance(transform, str):
@@ -275,11 +286,21 @@ def load_model(
                 f"model {spec!r}: image stimuli need a transform ({opt('transform', 'package.module:callable')})"
             )
         return LoadedModel(model.eval().to(weights_dtype), spec, spec, processor, transform, is_hf=False)
-    return _load_hf(spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code, weights_dtype)
+    return _load_hf(
+        spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code, weights_dtype, placement
+    )
 
 
 def _load_hf(
-    spec, modality, model_class, tokenizer, transform, padding_side, trust_remote_code, dtype=torch.float32
+    spec,
+    modality,
+    model_class,
+    tokenizer,
+    transform,
+    padding_side,
+    trust_remote_code,
+    dtype=torch.float32,
+    placement=None,
 ) -> LoadedModel:
     import transformers
 
@@ -296,7 +317,11 @@ def _load_hf(
     cls = _model_class(transformers, config, modality, model_class)
     try:
         model, info = cls.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
+            path,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+            **{k: v for k, v in (placement or {}).items() if not k.startswith("_")},
         )
     except Exception as e:  # damaged or foreign weight files fail in many ways (safetensors, torch, json)
         raise LocalizerError(f"model {spec!r}: cannot load weights as {cls.__name__}: {first_line(e)}") from e
@@ -323,7 +348,9 @@ def _load_hf(
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if limit and hasattr(sys.modules.get(type(model).__module__), "create_position_ids_from_input_ids"):
         limit -= int(getattr(config, "pad_token_id", 0) or 0) + 1  # RoBERTa family: positions start after padding
-    return LoadedModel(model.eval(), name, cls.__name__, processor, transform, True, _weight_files(path), limit)
+    files = _weight_files(path)
+    offload = (placement or {}).get("_offload")
+    return LoadedModel(model.eval(), name, cls.__name__, processor, transform, True, files, limit, offload=offload)
 
 
 def _model_class(transformers, config, modality: str, forced: str | None):
