@@ -43,15 +43,17 @@ def test_pretokenized_batches_equal_the_tokenizers_own_padding(request, model, s
 
 
 @pytest.mark.parametrize("model", ["gpt2_dir", "bert_dir"])
-def test_the_rust_backend_gives_the_tokenizers_own_ids(request, model):
+def test_the_rust_backend_gives_the_tokenizers_own_ids(request, model, monkeypatch):
     """``tokenize`` calls a fast tokenizer's Rust backend directly: the same ids (and token types) as
     ``tokenizer(texts)``, whatever truncation an earlier call left on the backend, with special-token strings in
     the texts (kept whole, or split when the tokenizer splits them); a class that changes how texts are encoded is
     called as usual."""
     from transformers import AutoTokenizer
 
+    import localizer.recording.datamodule as dm
     from localizer.recording.datamodule import _encode_fast, tokenize
 
+    monkeypatch.setattr(dm, "ENCODE_CHUNK", 3)  # the texts go to the backend in several calls
     tok = AutoTokenizer.from_pretrained(request.getfixturevalue(model))
     special = tok.eos_token or tok.sep_token
     texts = [r["text"] for r in make_texts(17, seed=5)] + [f"a {special} b", "", "   "]
