@@ -108,8 +108,7 @@ def select_file(
         main = (group * 2 + positive).astype(np.int8)  # label = group * 2 + class
         half_of = half_assignment(n, options.seed)
         halves_labels = np.where(group == LOCALIZE, half_of * 2 + positive, -1).astype(np.int8)
-        tested = "abs" if options.abs else "signed"  # only the tested values' variances are used
-        sums = [ShiftedSums(layout.units, 4, tested) for _ in range(2 if options.split_half else 1)]
+        sums = [ShiftedSums(layout.units, 4) for _ in range(2 if options.split_half else 1)]
         labels = [main, halves_labels][: len(sums)]
         rows = max(1, chunk_bytes // (4 * max(layout.total, 1)))
 

@@ -23,7 +23,7 @@ TILE = 64  # units per tile: the tile's four partial sums stay in L1 while every
 
 
 @njit(nogil=True, cache=True, boundscheck=False, inline="never")
-def _tile_both(x, rows, lo, ks, ka, t1, t2, t3, t4):  # pragma: no cover - compiled
+def _tile(x, rows, lo, ks, ka, t1, t2, t3, t4):  # pragma: no cover - compiled
     """Add ``x[rows, lo:lo + w]`` shifted by ``ks`` / ``ka`` ``[w]`` into the partial sums ``t1..t4`` ``[w]`` (of
     d, d², a, a² with d = x - ks, a = |x| - ka). A function of 1-D contiguous arrays, so LLVM vectorizes its loop."""
     w = t1.shape[0]
@@ -39,40 +39,12 @@ def _tile_both(x, rows, lo, ks, ka, t1, t2, t3, t4):  # pragma: no cover - compi
             t4[u] += a * a
 
 
-@njit(nogil=True, cache=True, boundscheck=False, inline="never")
-def _tile_signed(x, rows, lo, ks, ka, t1, t2, t3, t4):  # pragma: no cover - compiled
-    """As ``_tile_both`` without the squares of |x| (``t4`` untouched)."""
-    w = t1.shape[0]
-    for i in range(rows.shape[0]):
-        row = x[rows[i], lo : lo + w]
-        for u in range(w):
-            v = np.float64(row[u])
-            d = v - ks[u]
-            t1[u] += d
-            t2[u] += d * d
-            t3[u] += abs(v) - ka[u]
-
-
-@njit(nogil=True, cache=True, boundscheck=False, inline="never")
-def _tile_abs(x, rows, lo, ks, ka, t1, t2, t3, t4):  # pragma: no cover - compiled
-    """As ``_tile_both`` without the squares of the signed values (``t2`` untouched)."""
-    w = t1.shape[0]
-    for i in range(rows.shape[0]):
-        row = x[rows[i], lo : lo + w]
-        for u in range(w):
-            v = np.float64(row[u])
-            t1[u] += v - ks[u]
-            a = abs(v) - ka[u]
-            t3[u] += a
-            t4[u] += a * a
-
-
 @njit(nogil=True, cache=True, boundscheck=False)
-def _add(x, order, starts, shift, shift_abs, sums, squares):  # pragma: no cover - compiled
+def _add(x, order, starts, shift, shift_abs, sums):  # pragma: no cover - compiled
     """Add rows ``x`` ``[B, u]`` (float32) into the float64 accumulators ``sums`` ``[4, L, u]`` (d, d², a, a²),
     shifted by the label's ``shift`` / ``shift_abs`` ``[L, u]``. Label ``k``'s rows are ``order[starts[k]:
-    starts[k + 1]]``. ``squares``: 0 both, 1 only the signed values' squares, 2 only |x|'s. Tile by tile, each
-    label's rows are summed into small partial sums first (in L1), then added to ``sums`` once."""
+    starts[k + 1]]``. Tile by tile, each label's rows are summed into small partial sums first (in L1), then added
+    to ``sums`` once. (Both kinds' squares cost no more than one kind's here: the loop is bound by reading x.)"""
     n_units = x.shape[1]
     t = np.zeros((4, TILE))
     for label in range(starts.shape[0] - 1):
@@ -83,12 +55,7 @@ def _add(x, order, starts, shift, shift_abs, sums, squares):  # pragma: no cover
             w = min(n_units, lo + TILE) - lo
             t[:] = 0.0
             ks, ka = shift[label, lo : lo + w], shift_abs[label, lo : lo + w]
-            if squares == 1:
-                _tile_signed(x, rows, lo, ks, ka, t[0, :w], t[1, :w], t[2, :w], t[3, :w])
-            elif squares == 2:
-                _tile_abs(x, rows, lo, ks, ka, t[0, :w], t[1, :w], t[2, :w], t[3, :w])
-            else:
-                _tile_both(x, rows, lo, ks, ka, t[0, :w], t[1, :w], t[2, :w], t[3, :w])
+            _tile(x, rows, lo, ks, ka, t[0, :w], t[1, :w], t[2, :w], t[3, :w])
             for k in range(4):
                 s = sums[k, label]
                 for u in range(w):
@@ -101,11 +68,9 @@ class ShiftedSums:
     Args:
         sizes: units per layer (``U`` = their sum).
         n_labels: ``L``.
-        squares: ``both``, or only ``signed`` / ``abs``: the other kind's ``m2`` is then zero (its means are kept).
     """
 
-    def __init__(self, sizes: list[int], n_labels: int, squares: str = "both"):
-        self.squares = {"both": 0, "signed": 1, "abs": 2}[squares]  # whose M2 is needed (the tested values')
+    def __init__(self, sizes: list[int], n_labels: int):
         self.n = np.zeros(n_labels, dtype=np.float64)
         # per layer: the shifts [2 (signed, |x|), L, u], each label's first row; which labels have one yet
         self.shift = [np.zeros((2, n_labels, u), dtype=np.float64) for u in sizes]
@@ -129,7 +94,7 @@ class ShiftedSums:
         order = np.argsort(labels, kind="stable")[np.count_nonzero(~valid) :].astype(np.int64)  # rows by label
         starts = np.concatenate([[0], np.cumsum(np.bincount(labels[valid], minlength=len(self.n)))]).astype(np.int64)
         sums = self.layers[layer]
-        _add(x, order, starts, shift[0], shift[1], sums, self.squares)
+        _add(x, order, starts, shift[0], shift[1], sums)
         return bool(np.isfinite(sums[0]).all() and np.isfinite(sums[2]).all())
 
     def moments(self) -> dict[str, Moments]:

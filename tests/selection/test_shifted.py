@@ -88,20 +88,3 @@ def test_a_unit_constant_within_each_class_has_zero_variance_and_far_classes_kee
     assert (m.m2.numpy()[:, 0] == 0).all()
     want = reference(x, labels, 2)["signed"]
     np.testing.assert_allclose(m.m2.numpy()[:, 1:], want[1][:, 1:], rtol=1e-9)
-
-
-@pytest.mark.parametrize("squares", ["signed", "abs"])
-def test_only_the_tested_values_squares(squares):
-    rng = np.random.default_rng(2)
-    x = rng.normal(1, 2, size=(50, 7)).astype(np.float32)
-    labels = (np.arange(50) % 3).astype(np.int8)
-    full, part = ShiftedSums([7], 3), ShiftedSums([7], 3, squares)
-    for acc in (full, part):
-        acc.count(labels)
-        assert acc.add(x, labels, 0)
-    a, b = full.moments(), part.moments()
-    other = "abs" if squares == "signed" else "signed"
-    for kind in ("signed", "abs"):
-        np.testing.assert_array_equal(b[kind].mean.numpy(), a[kind].mean.numpy())
-    np.testing.assert_array_equal(b[squares].m2.numpy(), a[squares].m2.numpy())
-    assert (b[other].m2.numpy() == 0).all()
