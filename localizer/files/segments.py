@@ -155,16 +155,20 @@ class SegmentWriter:
         self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
 
     def _write_chunks(self, ds: h5py.Dataset, layer: str, parts: list[np.ndarray], final: bool) -> None:
-        """Append the rows of ``parts`` (``[B_i, U]`` float32) to ``ds``, whose extent ends at a chunk boundary, one
-        whole chunk at a time: each is assembled in one reused chunk-sized buffer (hot in the cache) and written
-        with ``write_direct_chunk``. A partial last chunk waits in :attr:`_tail`, or, ``final``, is written
-        zero-padded (rows beyond the extent are never read)."""
+        """Append the rows of ``parts`` (``[B_i, U]`` float32) to ``ds`` one whole chunk at a time: each is assembled
+        in one reused chunk-sized buffer (hot in the cache) and written with ``write_direct_chunk``. A partial last
+        chunk waits in :attr:`_tail`, or, ``final``, is written zero-padded (rows beyond the extent are never read;
+        rows appended after such a flush complete that chunk)."""
         chunk, units = ds.chunks[0], ds.shape[1]
         buf, filled = self._tail.pop(layer, (None, 0))
+        start = ds.shape[0]
         if buf is None:
             buf = np.empty((chunk, units), dtype="<f4")
+            if start % chunk:  # an earlier flush wrote a partial chunk: it is completed (rewritten) now
+                filled = start % chunk
+                start -= filled
+                buf[:filled] = ds[start : start + filled]
         total = filled + sum(len(p) for p in parts)
-        start = ds.shape[0]
         ds.resize((start + (total if final else total // chunk * chunk), units))
         for part in parts:
             i = 0
