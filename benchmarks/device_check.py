@@ -8,6 +8,8 @@
    selection (statistics synced by NCCL) vs the offline selection from the file.
 3. crash and resume on CUDA: SIGKILL after a segment commit, rerun, compare with the uninterrupted CUDA file.
 4. throughput: `benchmarks/run.py --only extraction --accelerator gpu` (localizer vs a bare forward, same batches).
+5. device map: the same model placed by `--device_map auto` with `--max_memory` small enough that its blocks are
+   spread over every GPU (12 MB each) and the CPU, in one process: activations vs the 1-GPU file.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     p.add_argument("--accelerator", default="gpu", help="gpu; cpu only to smoke-test this script")
-    p.add_argument("--steps", default="1,2,3,4", help="which checks to run (comma-separated numbers)")
+    p.add_argument("--steps", default="1,2,3,4,5", help="which checks to run (comma-separated numbers)")
     args = p.parse_args()
     acc = args.accelerator
     work = Path(tempfile.mkdtemp())
@@ -104,6 +106,8 @@ def main():
         resume_check(common, acc, work, report)
     if "4" in steps:
         throughput(acc, work, report)
+    if "5" in steps:
+        device_map_check(common, acc, n_gpu, work, gpu, report)
     text = json.dumps(report, indent=1)
     print(text)
     if args.out:
@@ -181,6 +185,17 @@ def resume_check(common, acc, work, report):
         "resumed_vs_uninterrupted": diff(acts(work / "res.h5"), acts(work / "ref.h5")),
         "resume_message": [x for x in (r.stderr + r.stdout).splitlines() if "resuming" in x],
     }
+
+
+def device_map_check(common, acc, n_gpu, work, gpu, report):
+    """Blocks spread over every GPU and the CPU (on a CPU smoke test: the CPU and the disk) by one process."""
+    memory = ",".join([f"{i}=12MB" for i in range(n_gpu)] + ["cpu=2GB"]) if acc == "gpu" else "cpu=12MB"
+    r, t = cli(*common, "--out", work / "mapped.h5", "--device_map", "auto", "--max_memory", memory)
+    report["5_device_map"] = (
+        {"max_memory": memory, "vs_1_gpu": diff(acts(work / "mapped.h5"), gpu), "seconds": round(t, 1)}
+        if r.returncode == 0
+        else r.stderr[-3000:]
+    )
 
 
 def throughput(acc, work, report):
