@@ -177,6 +177,7 @@ def run_ablation(
             dtype=dtype,
             device_map=device_map,
             max_memory=max_memory,
+            trainer=trainer,
         )
     recorded = str(attrs.get("weights", ""))
     if recorded and loaded.fingerprint() != recorded:

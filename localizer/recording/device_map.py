@@ -67,17 +67,32 @@ def input_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def require_one_process(kwargs: dict[str, Any]) -> None:
+    """Refuse Trainer options that would start several processes for a device-mapped model (checked before the
+    model is loaded, so that a 70B model is not loaded only to be refused)."""
+    devices, nodes, strategy = kwargs.get("devices", "auto"), kwargs.get("num_nodes", 1), kwargs.get("strategy")
+    wrong = [
+        f"{name} {value}"
+        for name, value, fine in (
+            ("devices", devices, str(devices) in ("1", "auto")),
+            ("num_nodes", nodes, int(nodes or 1) == 1),
+            ("strategy", strategy, strategy in (None, "auto")),
+        )
+        if not fine
+    ]
+    if wrong:
+        raise LocalizerError(
+            f"a model placed by {opt('device_map')} runs in one process that drives every device of its map: "
+            f"leave devices, num_nodes and strategy unset (got {', '.join(wrong)})"
+        )
+
+
 def device_map_trainer(model: torch.nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Trainer keyword arguments for a model placed by a device map (unchanged for any other model): one process
     (``devices`` 1, one node, no strategy given) and a strategy that leaves the model where the map put it."""
     if not getattr(model, "hf_device_map", None):
         return kwargs
-    devices, nodes, strategy = kwargs.get("devices", "auto"), kwargs.get("num_nodes", 1), kwargs.get("strategy")
-    if str(devices) not in ("1", "auto") or int(nodes or 1) != 1 or strategy not in (None, "auto"):
-        raise LocalizerError(
-            f"a model placed by {opt('device_map')} runs in one process that drives every device of its map: "
-            f"leave devices (got {devices}), num_nodes (got {nodes}) and strategy (got {strategy}) unset"
-        )
+    require_one_process(kwargs)
     from lightning.pytorch.strategies import SingleDeviceStrategy
 
     class DeviceMapStrategy(SingleDeviceStrategy):

@@ -241,6 +241,7 @@ def record(
             dtype=dtype,
             device_map=device_map,
             max_memory=max_memory,
+            trainer=trainer,
         )
     )
     if kind == "text":

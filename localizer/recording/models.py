@@ -235,6 +235,7 @@ def load_model(
     dtype: str = "float32",
     device_map: str | None = None,
     max_memory: str | None = None,
+    trainer: dict[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a model and the processor for its inputs.
 
@@ -252,11 +253,16 @@ def load_model(
         device_map: place a Hugging Face model's blocks across devices (``auto``, ``balanced``, ``sequential``, or a
             JSON object): see :mod:`localizer.recording.device_map`.
         max_memory: with ``device_map``, the most each device may hold, e.g. ``0=20GiB,1=20GiB,cpu=64GiB``.
+        trainer: the Trainer options it will run under (with ``device_map``: refused before loading unless they
+            start one process).
     """
-    from localizer.recording.device_map import device_map_options
+    from localizer.recording.device_map import device_map_options, require_one_process
+    from localizer.trainer import trainer_kwargs
 
     weights_dtype = torch_dtype(dtype)
     placement = device_map_options(device_map, max_memory)
+    if placement:
+        require_one_process(trainer_kwargs(trainer))
     if placement and (spec in MODULE_SHORT_NAMES or _is_callable_spec(spec)):
         raise LocalizerError(f"{opt('device_map')} places Hugging Face models; {spec!r} is a plain module")
     if padding_side not in ("left", "right"):

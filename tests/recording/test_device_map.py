@@ -73,10 +73,17 @@ def test_bad_device_map_options_are_refused_in_one_line(gpt2_dir, options, messa
         load_model(gpt2_dir, "text", **options)
 
 
-def test_a_device_map_runs_in_one_process(gpt2_dir, text_file, tmp_path):
-    with pytest.raises(LocalizerError, match="runs in one process .* devices \\(got 2\\)"):
-        localizer.extract(model=gpt2_dir, stimuli=text_file, out=tmp_path / "a.h5", device_map="auto",
-                          max_memory=SMALL, trainer={**CPU, "devices": 2, "strategy": "ddp"})  # fmt: skip
+def test_a_device_map_runs_in_one_process(gpt2_dir, text_file, tmp_path, monkeypatch):
+    import localizer.recording.models as models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(models, "_load_hf", no_loading)
+        with pytest.raises(LocalizerError, match="runs in one process .*unset \\(got devices 2, strategy ddp\\)"):
+            localizer.extract(model=gpt2_dir, stimuli=text_file, out=tmp_path / "a.h5", device_map="auto",
+                              max_memory=SMALL, trainer={**CPU, "devices": 2, "strategy": "ddp"})  # fmt: skip
     assert not (tmp_path / "a.h5").exists()
     with pytest.raises(LocalizerError, match="places Hugging Face models"):
         localizer.extract(model="torchvision.models:resnet18", stimuli=text_file, out=tmp_path / "b.h5",
