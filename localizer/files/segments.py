@@ -87,7 +87,6 @@ class SegmentWriter:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="localizer-segment")
         self._writing: Future | None = None  # the buffer being written (at most one)
         self._tail: dict[str, tuple] = {}  # per layer: (chunk buffer, rows in it) of a partial chunk not on file
-        self._order: np.ndarray | None = None  # the buffer being written: its rows' dataset order
 
     def append(
         self, index: np.ndarray, positive: np.ndarray, split: list[str] | None, acts: dict[str, np.ndarray]
@@ -141,9 +140,7 @@ class SegmentWriter:
         chunks (:meth:`_write_chunks`)."""
         whole_chunks = sum(4 * u * self._chunk_rows(u) for u in self.units.values())  # bound on tails and padding
         require_space(self.tmp.parent, 1.1 * size + whole_chunks + 64 * len(pending) + (64 << 10), "a segment")
-        self._order = None
-        if pending:
-            self._write_columns(pending)  # (sets the order of this buffer's rows)
+        order = self._write_columns(pending) if pending else None
         for layer in list(pending[0][3]) if pending else list(self._tail):
             units = self.units[layer]
             if layer not in self.group:
@@ -151,7 +148,7 @@ class SegmentWriter:
                     layer, (0, units), maxshape=(None, units), dtype=np.float32, chunks=(self._chunk_rows(units), units)
                 )
             parts = [p[3][layer] for p in pending]
-            self._write_chunks(self.group[layer], layer, parts if self._order is None else [self._take(parts)], final)
+            self._write_chunks(self.group[layer], layer, parts if order is None else [_take(parts, order)], final)
         self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
 
     def _write_chunks(self, ds: h5py.Dataset, layer: str, parts: list[np.ndarray], final: bool) -> None:
@@ -190,25 +187,22 @@ class SegmentWriter:
         per_row = 4 * max(units, 1)
         return int(max(1, min(4096, self.chunk_bytes // per_row, self.max_bytes // per_row)))
 
-    def _write_columns(self, pending: list[tuple]) -> None:
-        """Append the index, class and split columns of ``pending`` (in dataset order: see :meth:`_take`)."""
+    def _write_columns(self, pending: list[tuple]) -> np.ndarray | None:
+        """Append the index, class and split columns of ``pending`` in dataset order; return the order that puts the
+        buffer's rows there (None: they are in order already)."""
         index = np.concatenate([p[0] for p in pending])
-        self._order = None if (np.diff(index) > 0).all() else np.argsort(index, kind="stable")  # batched by length
-        columns = {"index": self._take([index]), "positive": self._take([p[1] for p in pending])}
+        order = None if (np.diff(index) > 0).all() else np.argsort(index, kind="stable")  # batched by length
+        columns = {"index": _take([index], order), "positive": _take([p[1] for p in pending], order)}
         n = self.file["index"].shape[0]
         if pending[0][2] is not None:
             if "split" not in self.file:
                 self.file.create_dataset("split", (n,), maxshape=(None,), dtype=STRING, chunks=(4096,))
-            columns["split"] = self._take([np.asarray([s for p in pending for s in p[2]], dtype=object)])
+            columns["split"] = _take([np.asarray([s for p in pending for s in p[2]], dtype=object)], order)
         for name, value in columns.items():
             ds = self.file[name]
             ds.resize((n + len(value),))
             ds[n:] = value
-
-    def _take(self, parts: list[np.ndarray]) -> np.ndarray:
-        """The rows of ``parts`` (one buffer) back in dataset order (rows batched by length come out of order)."""
-        rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return rows if self._order is None else rows[self._order]
+        return order
 
     def commit(self, layers: list[str], before_rename=None) -> Path:
         """Mark complete, close, fsync and rename: from here on the rows survive any crash.
@@ -242,6 +236,12 @@ class SegmentWriter:
         except Exception:  # a failed write can leave HDF5 unable to flush; the file is deleted anyway
             pass
         self.tmp.unlink(missing_ok=True)
+
+
+def _take(parts: list[np.ndarray], order: np.ndarray | None) -> np.ndarray:
+    """The rows of ``parts`` (one buffer), in ``order`` when given (rows batched by length come out of order)."""
+    rows = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return rows if order is None else rows[order]
 
 
 def fsync_dir(folder: Path) -> None:

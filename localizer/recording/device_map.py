@@ -10,6 +10,7 @@ where the map put it. Weights offloaded to the disk go to a temporary folder tha
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from localizer.errors import LocalizerError, opt
 
 PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
+SIZE = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?)?B", re.IGNORECASE)  # what accelerate reads as a size
 
 
 def device_map_options(device_map: str | None, max_memory: str | None) -> dict[str, Any]:
@@ -44,11 +46,13 @@ def device_map_options(device_map: str | None, max_memory: str | None) -> dict[s
     for pair in (max_memory or "").split(","):
         if not pair.strip():
             continue
-        device, sep, size = pair.partition("=")
-        if not sep or not device.strip() or not size.strip():
-            raise LocalizerError(f"{opt('max_memory')}: {pair!r} is not DEVICE=SIZE (e.g. 0=20GiB or cpu=64GiB)")
-        device = device.strip()
-        memory[int(device) if device.isdigit() else device] = size.strip()
+        device, sep, size = (part.strip() for part in pair.partition("="))
+        if not sep or not device or not SIZE.fullmatch(size):
+            raise LocalizerError(
+                f"{opt('max_memory')}: {pair.strip()!r} is not DEVICE=SIZE (e.g. 0=20GiB or cpu=64GiB; sizes in B, KB, "
+                f"MB, GB, TB or KiB ... TiB)"
+            )
+        memory[int(device) if device.isdigit() else device] = size
     folder = tempfile.TemporaryDirectory(prefix="localizer-offload-")
     options: dict[str, Any] = {"device_map": placement, "offload_folder": folder.name, "_offload": folder}
     if memory:

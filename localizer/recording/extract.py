@@ -274,6 +274,7 @@ def record(
         sort_by_length=sort_by_length,
         tokens=tokens,
     )
+    tokens = None  # the datamodule's table holds them (flat); the lists would stay alive through the loop
     recorded_counts = data.token_counts()  # as the model gets them (truncated)
     if recorded_counts is not None:
         columns["n_tokens"] = recorded_counts

@@ -112,11 +112,14 @@ def select_file(
         labels = [main, halves_labels][: len(sums)]
         rows = max(1, chunk_bytes // (4 * max(layout.total, 1)))
 
+        groupings: list = [None] * len(sums)  # each accumulator's rows by label, for the chunk being added
+
         def add(x: np.ndarray, i: int, r0: int, r1: int) -> None:  # on the worker thread (the kernel drops the GIL)
-            for acc, lab in zip(sums, labels):
-                if i == 0:
+            for k, (acc, lab) in enumerate(zip(sums, labels)):
+                if i == 0:  # a new chunk of rows: counted and grouped once, for all its layers
                     acc.count(lab[r0:r1])
-                if not acc.add(x, lab[r0:r1], i):
+                    groupings[k] = acc.group(lab[r0:r1])
+                if not acc.add(x, lab[r0:r1], i, groupings[k]):
                     row = r0 + int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
                     raise LocalizerError(
                         f"{activations}: NaN/inf activations at stimulus {row} (a damaged file, or "

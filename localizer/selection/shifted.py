@@ -81,18 +81,27 @@ class ShiftedSums:
         """Count the rows of one chunk by label (``labels`` ``[B]`` int8; < 0 not counted)."""
         self.n += np.bincount(labels[labels >= 0], minlength=len(self.n))[: len(self.n)]
 
-    def add(self, x: np.ndarray, labels: np.ndarray, layer: int) -> bool:
+    def group(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of a chunk by label (``labels`` ``[B]`` int8; < 0 skipped): ``order`` ``[B_valid]`` and
+        ``starts`` ``[L + 1]``, label ``k``'s rows being ``order[starts[k]:starts[k + 1]]``. The same for every
+        layer of the chunk: compute it once and pass it to :meth:`add`."""
+        valid = labels >= 0
+        order = np.argsort(labels, kind="stable")[np.count_nonzero(~valid) :].astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(np.bincount(labels[valid], minlength=len(self.n)))]).astype(np.int64)
+        return order, starts
+
+    def add(
+        self, x: np.ndarray, labels: np.ndarray, layer: int, grouping: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> bool:
         """Add the rows ``x`` ``[B, u]`` (float32) of layer ``layer``; False if a value is NaN or infinite (the sums
-        of the layer are then meaningless)."""
+        of the layer are then meaningless). ``grouping``: :meth:`group` of ``labels``, when the caller has it."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         shift, shifted = self.shift[layer], self.shifted[layer]
         for label in np.unique(labels[labels >= 0]):
             if not shifted[label]:  # each label's first row: near its own mean, so no precision is lost
                 first = x[int(np.argmax(labels == label))].astype(np.float64)
                 shift[0, label], shift[1, label], shifted[label] = first, np.abs(first), True
-        valid = labels >= 0
-        order = np.argsort(labels, kind="stable")[np.count_nonzero(~valid) :].astype(np.int64)  # rows by label
-        starts = np.concatenate([[0], np.cumsum(np.bincount(labels[valid], minlength=len(self.n)))]).astype(np.int64)
+        order, starts = grouping if grouping is not None else self.group(labels)
         sums = self.layers[layer]
         _add(x, order, starts, shift[0], shift[1], sums)
         return bool(np.isfinite(sums[0]).all() and np.isfinite(sums[2]).all())

@@ -64,6 +64,7 @@ def test_blocks_on_the_disk_record_and_ablate_as_the_whole_model(gpt2_dir, text_
         ({"device_map": "{not json"}, r"device_map.*: not a JSON object"),
         ({"max_memory": "cpu=1GB"}, r"max_memory.* applies with .*device_map"),
         ({"device_map": "auto", "max_memory": "cpu"}, r"'cpu' is not DEVICE=SIZE"),
+        ({"device_map": "auto", "max_memory": "0=20GiB, cpu=lots"}, r"'cpu=lots' is not DEVICE=SIZE"),
     ],
 )
 def test_bad_device_map_options_are_refused_in_one_line(gpt2_dir, options, message):
