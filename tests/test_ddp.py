@@ -251,9 +251,13 @@ def test_a_failure_on_rank_zero_reaches_every_rank(gpt2_dir, tmp_path, point, wr
 
 def test_two_processes_batched_by_length_write_the_one_process_file(gpt2_dir, tmp_path):
     """--sort_by_length under DDP: each rank serves its usual rows sorted by length, and the packed file equals the
-    1-process file recorded in dataset order."""
-    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(41, seed=9))
-    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch_size", 3, "--pooling", "mean",
+    1-process file recorded in dataset order. 401 texts in batches of 1: steps of 4 batches (8 in 1 process), within
+    sort windows of 16 batches."""
+    from localizer.recording.datamodule import batches_per_step
+
+    assert (batches_per_step(1, 201), batches_per_step(1, 401)) == (4, 8)
+    stimuli = write_jsonl(tmp_path / "s.jsonl", make_texts(401, seed=9))
+    common = ["extract", "--model", gpt2_dir, "--stimuli", stimuli, "--batch_size", 1, "--pooling", "mean",
               "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     one = run_cli(*common, "--out", tmp_path / "one.h5", "--trainer.devices", 1)
     assert one.returncode == 0, one.stderr[-3000:]

@@ -273,6 +273,7 @@ def record(
         max_length=collate_length,
         sort_by_length=sort_by_length,
         tokens=tokens,
+        batches_per_step="auto",
     )
     tokens = None  # the datamodule's table holds them (flat); the lists would stay alive through the loop
     recorded_counts = data.token_counts()  # as the model gets them (truncated)

@@ -70,7 +70,13 @@ class ActivationRecorder(L.LightningModule):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``batch`` (see :mod:`localizer.recording.datamodule`) → ``{layer: [B, U_layer] float32}``, in recording
-        order."""
+        order. A step of several batches (``parts``) runs them one by one and returns their rows in order
+        ``[R, U_layer]``, still on the model's device (one copy to the host per step)."""
+        if "parts" in batch:
+            outs = [self.forward(part) for part in batch["parts"]]
+            if len(outs) == 1:
+                return outs[0]
+            return {layer: torch.cat([o[layer] for o in outs]) for layer in self.layers}
         if not self._calls_checked:
             self._check_single_calls(batch)
         mask = batch.get("attention_mask")
