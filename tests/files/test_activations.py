@@ -87,15 +87,36 @@ def test_open_or_incomplete_segments_are_not_used(tmp_path):
         write_master(out, 4, META)
 
 
+def greedy_runs(idx):
+    """The runs row by row, as the definition says (the reference)."""
+    runs, n, j = [], len(idx), 0
+    while j < n:
+        if j + 1 < n and idx[j + 1] > idx[j]:
+            stride, k = int(idx[j + 1] - idx[j]), j + 1
+            while k + 1 < n and idx[k + 1] - idx[k] == stride:
+                k += 1
+            runs.append((j, int(idx[j]), k - j + 1, stride))
+            j = k + 1
+        else:
+            runs.append((j, int(idx[j]), 1, 1))
+            j += 1
+    return runs
+
+
 def test_runs_cover_every_row_once():
     rng = np.random.default_rng(1)
-    for idx in (np.arange(3, 40, 4), rng.permutation(30), np.array([0, 2, 4, 5, 6, 10, 11, 3]), np.array([7])):
+    cases = [np.arange(3, 40, 4), rng.permutation(30), np.array([0, 2, 4, 5, 6, 10, 11, 3]), np.array([7])]
+    cases += [np.array([], dtype=np.int64), np.array([5, 5, 5, 6]), np.array([9, 8, 7, 1, 2, 3, 5, 7, 9, 0])]
+    cases += [np.cumsum(rng.choice([-2, 0, 1, 1, 2, 3], size=int(rng.integers(1, 60)))) for _ in range(300)]
+    for idx in cases:
         rows = []
         for row0, i0, count, stride in strided_runs(idx):
             np.testing.assert_array_equal(idx[row0 : row0 + count], i0 + stride * np.arange(count))
             rows += range(row0, row0 + count)
         assert rows == list(range(len(idx)))
+        assert strided_runs(idx) == greedy_runs(idx), idx
     assert len(strided_runs(np.arange(1, 1000, 2))) == 1
+    assert strided_runs(np.arange(3, 3 + 2 * 10**6, 2)) == [(0, 3, 10**6, 2)]  # a million rows: one numpy pass
 
 
 def test_unknown_format_version(tmp_path):
