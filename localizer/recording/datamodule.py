@@ -379,7 +379,7 @@ class LocalizerDataModule(L.LightningDataModule):
         served = self.served_rows(world)
         rows = ColumnRows(self.stimuli, indices=self.indices if served is None else served)
         k = self.batches_per_step
-        if k == "auto":
+        if not isinstance(k, int):  # "auto"
             k = batches_per_step(self.batch_size, -(-len(rows) // (world * self.batch_size)))
         self.collate.part_rows = self.batch_size if k > 1 else None
         return DataLoader(

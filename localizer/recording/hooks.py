@@ -50,28 +50,22 @@ def trace(
     model: nn.Module,
     layers: list[str],
     fn: Callable[[str, torch.Tensor], torch.Tensor | None],
-    stop_after_all: bool = False,
 ) -> Iterator[None]:
     """Call ``fn(layer, output_tensor)`` after each named module's forward.
 
     Args:
         model: the network.
         layers: dotted module names (as in ``model.named_modules()``).
-        fn: gets the layer name and its main output tensor; a returned tensor replaces that output.
-        stop_after_all: raise :class:`StopForward` once every layer has fired (the caller catches it), which skips
-            the rest of the network (e.g. a language-model head) when only recording.
+        fn: gets the layer name and its main output tensor; a returned tensor replaces that output. It may raise
+            :class:`StopForward` (the caller catches it) to skip the rest of the network, e.g. once every recorded
+            layer has fired.
     """
-    seen: set[str] = set()
     handles = []
 
     def make_hook(name: str):
         def hook(module, args, output):
             new = fn(name, main_tensor(output))
-            seen.add(name)
-            result = None if new is None else replace_main_tensor(output, new)
-            if stop_after_all and len(seen) == len(layers):
-                raise StopForward
-            return result
+            return None if new is None else replace_main_tensor(output, new)
 
         return hook
 

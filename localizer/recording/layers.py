@@ -157,37 +157,59 @@ def pool(
     Returns:
         ``[B, U]`` float32.
     """
-    x = output
-    if pooling in TOKEN_POOLINGS:
-        if x.dim() != 3:
-            raise LocalizerError(
-                f"layer {layer!r}: pooling {pooling!r} needs a [batch, tokens, dim] output, "
-                f"got shape {tuple(x.shape)}; use 'channel' or 'flat'"
-            )
-        if attention_mask is None:
-            attention_mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        mask = attention_mask.to(x.device)
-        if mask.shape != x.shape[:2]:
-            raise LocalizerError(
-                f"layer {layer!r}: output has {x.shape[1]} positions but the attention mask has "
-                f"{mask.shape[1]}; token pooling needs one output per input token"
-            )
-        if pooling == "last":
-            positions = torch.arange(mask.shape[1], device=mask.device)
-            last = (mask.long() * (positions + 1)).argmax(dim=1)  # index of the last 1 in each row
-            out = x[torch.arange(x.shape[0], device=x.device), last]
-        else:
-            m = mask.to(x.dtype).unsqueeze(-1)
-            out = (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
-    elif pooling == "channel":
-        if x.dim() != 4:
-            raise LocalizerError(
-                f"layer {layer!r}: pooling 'channel' needs a [batch, channels, height, width] "
-                f"output, got shape {tuple(x.shape)}; use 'flat' or a token pooling"
-            )
-        out = x.mean(dim=(2, 3))
-    elif pooling == "flat":
-        out = x.reshape(x.shape[0], -1)
-    else:
-        raise LocalizerError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
-    return out.float()
+    return Pooler(pooling, attention_mask)(output, layer)
+
+
+class Pooler:
+    """:func:`pool` for the layers of one batch: what the attention mask gives (the last real token's position, the
+    token counts) is computed once, not once per layer."""
+
+    def __init__(self, pooling: str, attention_mask: torch.Tensor | None = None):
+        if pooling not in POOLINGS:
+            raise LocalizerError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+        self.pooling, self.attention_mask = pooling, attention_mask
+        self._by_mask: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (device, dtype, shape) → derived
+
+    def _derived(self, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``last``: (rows ``[B]``, last real position ``[B]``); ``mean``: (mask ``[B, T, 1]``, count ``[B, 1]``)."""
+        key = (x.device, x.dtype, tuple(x.shape[:2]))
+        if key not in self._by_mask:
+            mask = self.attention_mask
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+            mask = mask.to(x.device)
+            if mask.shape != x.shape[:2]:
+                raise LocalizerError(
+                    f"layer {layer!r}: output has {x.shape[1]} positions but the attention mask has "
+                    f"{mask.shape[1]}; token pooling needs one output per input token"
+                )
+            if self.pooling == "last":
+                positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+                last = (mask.long() * positions).argmax(dim=1)  # index of the last 1 in each row
+                self._by_mask[key] = (torch.arange(x.shape[0], device=x.device), last)
+            else:
+                m = mask.to(x.dtype).unsqueeze(-1)
+                self._by_mask[key] = (m, m.sum(dim=1).clamp(min=1))
+        return self._by_mask[key]
+
+    def __call__(self, output: torch.Tensor, layer: str = "") -> torch.Tensor:
+        """One layer's output → ``[B, U]`` float32 (see :func:`pool`)."""
+        x, pooling = output, self.pooling
+        if pooling in TOKEN_POOLINGS:
+            if x.dim() != 3:
+                raise LocalizerError(
+                    f"layer {layer!r}: pooling {pooling!r} needs a [batch, tokens, dim] output, "
+                    f"got shape {tuple(x.shape)}; use 'channel' or 'flat'"
+                )
+            a, b = self._derived(x, layer)
+            out = x[a, b] if pooling == "last" else (x * a).sum(dim=1) / b
+        elif pooling == "channel":
+            if x.dim() != 4:
+                raise LocalizerError(
+                    f"layer {layer!r}: pooling 'channel' needs a [batch, channels, height, width] "
+                    f"output, got shape {tuple(x.shape)}; use 'flat' or a token pooling"
+                )
+            out = x.mean(dim=(2, 3))
+        else:  # flat
+            out = x.reshape(x.shape[0], -1)
+        return out.float()

@@ -16,7 +16,7 @@ from torch import nn
 from localizer.errors import LocalizerError
 from localizer.recording.calling import ModelCaller
 from localizer.recording.hooks import StopForward, trace
-from localizer.recording.layers import POOLINGS, pool, resolve_layers
+from localizer.recording.layers import POOLINGS, Pooler, resolve_layers
 
 ALLOWED_POOLINGS = {"text": ("last", "mean"), "image": ("channel", "flat", "mean")}
 DEFAULT_POOLING = {"text": "last", "image": "channel"}
@@ -70,33 +70,37 @@ class ActivationRecorder(L.LightningModule):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """``batch`` (see :mod:`localizer.recording.datamodule`) → ``{layer: [B, U_layer] float32}``, in recording
-        order. A step of several batches (``parts``) runs them one by one and returns their rows in order
-        ``[R, U_layer]``, still on the model's device (one copy to the host per step)."""
-        if "parts" in batch:
-            outs = [self.forward(part) for part in batch["parts"]]
-            if len(outs) == 1:
-                return outs[0]
-            return {layer: torch.cat([o[layer] for o in outs]) for layer in self.layers}
+        order. A step of several batches (``parts``) runs them one by one under one set of hooks and returns their
+        rows in order ``[R, U_layer]``, still on the model's device (one copy to the host per step)."""
+        parts = batch["parts"] if "parts" in batch else [batch]
         if not self._calls_checked:
-            self._check_single_calls(batch)
-        mask = batch.get("attention_mask")
+            self._check_single_calls(parts[0])
+        pooler: Pooler = Pooler(self.pooling)
         pooled: dict[str, torch.Tensor] = {}
 
         def keep(layer: str, output: torch.Tensor) -> None:
-            pooled[layer] = pool(output, self.pooling, mask, layer)
+            pooled[layer] = pooler(output, layer)
+            if len(pooled) == len(self.layers):  # every layer seen (each runs once): skip the rest of the network
+                raise StopForward
 
-        with trace(self.model, self.layers, keep, stop_after_all=True):
-            try:
-                self.call_model(batch)
-            except StopForward:
-                pass
-        missing = [layer for layer in self.layers if layer not in pooled]
-        if missing:
-            raise LocalizerError(
-                f"layers {missing} produced no output in the forward pass (a fused fast path may "
-                f"skip them); choose other layers"
-            )
-        return {layer: pooled[layer] for layer in self.layers}
+        outs = []
+        with trace(self.model, self.layers, keep):
+            for part in parts:
+                pooler, pooled = Pooler(self.pooling, part.get("attention_mask")), {}
+                try:
+                    self.call_model(part)
+                except StopForward:
+                    pass
+                missing = [layer for layer in self.layers if layer not in pooled]
+                if missing:
+                    raise LocalizerError(
+                        f"layers {missing} produced no output in the forward pass (a fused fast path may "
+                        f"skip them); choose other layers"
+                    )
+                outs.append(pooled)
+        if len(outs) == 1:
+            return {layer: outs[0][layer] for layer in self.layers}
+        return {layer: torch.cat([o[layer] for o in outs]) for layer in self.layers}
 
     def _check_single_calls(self, batch: dict[str, Any]) -> None:
         """One whole forward pass counting how often each layer runs: a module that runs several times per forward
