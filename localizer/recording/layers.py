@@ -210,6 +210,7 @@ class Pooler:
                     f"output, got shape {tuple(x.shape)}; use 'flat' or a token pooling"
                 )
             out = x.mean(dim=(2, 3))
-        else:  # flat
+        else:  # flat: a copy, not a view of the output, which a later in-place op (ReLU(inplace=True)) may change
             out = x.reshape(x.shape[0], -1)
+            return out.clone() if out.dtype == torch.float32 else out.float()
         return out.float()

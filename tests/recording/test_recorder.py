@@ -200,3 +200,23 @@ def test_plain_module_with_transform(tmp_path, image_folder):
         assert attrs["model_class"] == "userpkg.nets:tiny"
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_flat_rows_are_not_changed_by_a_later_in_place_op():
+    """A recorded layer followed by ReLU(inplace=True), with a later layer recorded too (so the forward goes on):
+    the flat rows are the layer's own output, not what the in-place ReLU later makes of it."""
+    from torch import nn
+
+    from localizer.recording.recorder import ActivationRecorder
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model[0](x)
+        assert (want < 0).any()  # what the ReLU would zero
+        for pooling, expected in (("flat", want.reshape(2, -1)), ("channel", want.mean(dim=(2, 3)))):
+            got = ActivationRecorder(model, ["0", "2"], pooling, modality="image")({"pixel_values": x})
+            torch.testing.assert_close(got["0"], expected, rtol=0, atol=1e-6)
+            torch.testing.assert_close(got["2"], model(x).reshape(2, 2, -1).flatten(1) if pooling == "flat"
+                                       else model(x).mean(dim=(2, 3)), rtol=0, atol=1e-6)  # fmt: skip
