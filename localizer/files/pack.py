@@ -18,7 +18,7 @@ import numpy as np
 
 from localizer.errors import LocalizerError
 from localizer.files.activations import allow_sources, open_activations, segment_dir, source_file
-from localizer.files.segments import fsync_dir, require_space
+from localizer.files.segments import fsync_dir, require_space, start_writeback
 
 BLOCK_BYTES = 64 << 20  # rows copied per read: bounded memory whatever the file's size
 CHUNK_BYTES = 1 << 20
@@ -126,3 +126,5 @@ def _copy(src: h5py.File, dst: h5py.File) -> None:
         step = int(max(1, BLOCK_BYTES // (4 * max(units, 1))))
         for start in range(0, n, step):
             out[start : start + step] = ds[start : start + step]
+            dst.flush()
+            start_writeback(dst.id.get_vfd_handle())  # the disk works while the next block is read

