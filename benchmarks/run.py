@@ -136,8 +136,8 @@ def bench_extraction(work: Path, args) -> dict:
     return {
         "name": f"extraction overhead (GPT-2-small shape, 12 blocks, N={n}, batch 32)",
         "ratio": t_ours / t_bare,
-        "target": "<= 1.10",
-        "ok": t_ours / t_bare <= 1.10,
+        "target": "<= 1.05",  # issue 15 (on a GPU: <= 1.10 at N=16384)
+        "ok": t_ours / t_bare <= 1.05,
         "detail": f"localizer {t_ours:.2f} s vs bare forward {t_bare:.2f} s (runs: {fmt(all_ours)} / {fmt(all_bare)})",
     }
 
