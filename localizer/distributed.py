@@ -49,7 +49,10 @@ def failpoint(name: str, rank: int) -> None:
         if point == name and (not only or int(only) == rank):
             if variable.endswith("RAISE"):
                 raise OSError(f"injected failure at {name} on rank {rank}")
-            os.kill(os.getpid(), signal.SIGINT if variable.endswith("SIGINT") else signal.SIGKILL)
+            if variable.endswith("SIGINT"):  # handled before raise_signal returns (on the main thread): a signal
+                signal.raise_signal(signal.SIGINT)  # from os.kill could be handled inside a finalizer and be lost
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 def say(message: str) -> None:
