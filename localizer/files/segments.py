@@ -59,7 +59,7 @@ def _sync_file_range():
 
     try:
         call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
+    except Exception:  # not Linux (no such symbol, or no process-wide library handle, as on Windows)
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     call.restype = ctypes.c_int
