@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 
@@ -114,7 +115,14 @@ def run_cli(*args, cwd=None, extra_env=None, timeout=600) -> subprocess.Complete
         cwd=cwd,
         env=env,
         timeout=timeout,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    """Ctrl-C reaches the child as in a terminal, also when the tests run as a background job (``cmd &`` starts
+    with SIGINT ignored, which the child would inherit, and Python would then install no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def file_contents(path) -> dict:
