@@ -212,5 +212,8 @@ class Pooler:
             out = x.mean(dim=(2, 3))
         else:  # flat: a copy, not a view of the output, which a later in-place op (ReLU(inplace=True)) may change
             out = x.reshape(x.shape[0], -1)
-            return out.clone() if out.dtype == torch.float32 else out.float()
+            if out.dtype != torch.float32:
+                return out.float()  # (a copy)
+            views = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+            return out.clone() if views else out  # (reshaping a channels-last output copies already)
         return out.float()

@@ -202,16 +202,19 @@ def test_plain_module_with_transform(tmp_path, image_folder):
         sys.path.remove(str(tmp_path))
 
 
-def test_flat_rows_are_not_changed_by_a_later_in_place_op():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_flat_rows_are_not_changed_by_a_later_in_place_op(layout):
     """A recorded layer followed by ReLU(inplace=True), with a later layer recorded too (so the forward goes on):
-    the flat rows are the layer's own output, not what the in-place ReLU later makes of it."""
+    the flat rows are the layer's own output, not what the in-place ReLU later makes of it (whether flattening the
+    output views it or, channels last, copies it)."""
     from torch import nn
 
     from localizer.recording.recorder import ActivationRecorder
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True), nn.Conv2d(4, 2, 3)).eval()
-    x = torch.randn(2, 3, 8, 8)
+    model = model.to(memory_format=layout)
+    x = torch.randn(2, 3, 8, 8).to(memory_format=layout)
     with torch.no_grad():
         want = model[0](x)
         assert (want < 0).any()  # what the ReLU would zero
