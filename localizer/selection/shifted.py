@@ -97,11 +97,10 @@ class ShiftedSums:
         of the layer are then meaningless). ``grouping``: :meth:`group` of ``labels``, when the caller has it."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         shift, shifted = self.shift[layer], self.shifted[layer]
-        for label in np.unique(labels[labels >= 0]):
-            if not shifted[label]:  # each label's first row: near its own mean, so no precision is lost
-                first = x[int(np.argmax(labels == label))].astype(np.float64)
-                shift[0, label], shift[1, label], shifted[label] = first, np.abs(first), True
         order, starts = grouping if grouping is not None else self.group(labels)
+        for label in np.flatnonzero((np.diff(starts) > 0) & ~shifted):  # labels first seen in this chunk
+            first = x[order[starts[label]]].astype(np.float64)  # the label's first row (a stable grouping)
+            shift[0, label], shift[1, label], shifted[label] = first, np.abs(first), True  # near its mean
         sums = self.layers[layer]
         _add(x, order, starts, shift[0], shift[1], sums)
         return bool(np.isfinite(sums[0]).all() and np.isfinite(sums[2]).all())
