@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 
@@ -102,27 +101,30 @@ def synthetic(seed=0, n_pos=41, n_ctl=36, units=(50, 70, 30), offset=1e4, plante
     return layers, positive
 
 
+# `python -m localizer` with Ctrl-C handled as in a terminal, also when the tests run as a background job (`cmd &`
+# starts with SIGINT ignored; the child would inherit that, and Python would then install no KeyboardInterrupt)
+CTRL_C_READY = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('localizer', run_name='__main__', alter_sys=True)"
+)
+
+
 def run_cli(*args, cwd=None, extra_env=None, timeout=600) -> subprocess.CompletedProcess:
-    """``python -m localizer ARGS`` in a subprocess (unbuffered; ``extra_env`` added to the environment)."""
+    """``python -m localizer ARGS`` in a subprocess (unbuffered; ``extra_env`` added to the environment). With an
+    injected Ctrl-C (``LOCALIZER_FAILPOINT_SIGINT``) the child handles SIGINT whatever it inherited."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     for key in ("LOCALIZER_FAILPOINT", "LOCALIZER_FAILPOINT_RAISE", "LOCALIZER_FAILPOINT_SIGINT"):
         if key not in (extra_env or {}):
             env.pop(key, None)
+    start = ["-c", CTRL_C_READY] if "LOCALIZER_FAILPOINT_SIGINT" in env else ["-m", "localizer"]
     return subprocess.run(
-        [sys.executable, "-m", "localizer", *map(str, args)],
+        [sys.executable, *start, *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
         env=env,
         timeout=timeout,
-        preexec_fn=_default_sigint,
     )
-
-
-def _default_sigint() -> None:
-    """Ctrl-C reaches the child as in a terminal, also when the tests run as a background job (``cmd &`` starts
-    with SIGINT ignored, which the child would inherit, and Python would then install no KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def file_contents(path) -> dict:
